@@ -1,0 +1,10 @@
+"""Every flow as a plain function: call them from scripts and notebooks, or deploy them."""
+import os
+
+# Telemetry off before Prefect is imported (no internet on many research machines).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from flows.features import cache_features  # noqa: E402
+
+__all__ = ["cache_features"]

@@ -1,0 +1,70 @@
+"""One validated config object per stage. Defaults are the paper's values (METHODS.md)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureConfig(_Config):
+    """Log-mel front end: 25 ms window, 10 ms hop, 64 mel bins, 60-7800 Hz, natural log."""
+
+    sample_rate: int = 16000
+    win_length: int = Field(400, gt=0)
+    hop_length: int = Field(160, gt=0)
+    n_fft: int = Field(1024, gt=0)
+    n_mels: int = Field(64, gt=0)
+    f_min: float = Field(60.0, ge=0)
+    f_max: float = 7800.0
+    power: float = 2.0
+    log_eps: float = Field(1e-5, gt=0)
+    max_seconds: float = Field(10.0, gt=0, description="clips are cut to this length (AudioSet: 10 s)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.n_fft < self.win_length:
+            raise ValueError(f"n_fft ({self.n_fft}) must be >= win_length ({self.win_length})")
+        if not self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError(f"need f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
+        return self
+
+    @property
+    def max_frames(self) -> int:
+        return int(self.max_seconds * self.sample_rate) // self.hop_length + 1
+
+
+class ModelConfig(_Config):
+    """EfficientNet-B0 encoder f (1-channel stem, global max pool) and projection g."""
+
+    embedding_dim: int = Field(512, gt=0, description="output of g: Linear 1280->embedding_dim + ReLU")
+    width_mult: float = Field(1.0, gt=0, description="1.0 is EfficientNet-B0; smaller only for tests")
+
+
+class ClusterConfig(_Config):
+    algorithm: Literal["kmeans", "pic"] = "kmeans"
+    clusters: int = Field(512, ge=2, description="k for k-means; PIC's count is emergent")
+    pca_dim: int = Field(128, ge=2)
+    kmeans_iterations: int = Field(20, ge=1)
+    pic_neighbours: int = Field(5, ge=1)
+    pic_sigma: float = Field(0.2, gt=0)
+    pic_alpha: float = Field(0.001, gt=0, lt=1)
+    pic_iterations: int = Field(200, ge=1)
+
+
+class TrainConfig(_Config):
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    head_lr: float | None = Field(None, description="defaults to lr; the head's SGD has no momentum")
+    crop_frames: int | None = Field(None, ge=8, description="random crop length in frames; None = whole clip")
+    freq_masks: int = Field(2, ge=0)
+    freq_mask_bins: int = Field(30, ge=0)
+    time_masks: int = Field(2, ge=0)
+    time_mask_frames: int = Field(40, ge=0)
+    time_warp: int = Field(5, ge=0)
+    samples_per_epoch: int | None = Field(None, ge=1, description="draws per epoch; None = number of clips")

@@ -1,0 +1,119 @@
+"""Log-mel features in a chunked Zarr store (DESIGN.md).
+
+    logmel  (N, n_mels, T) float16, one clip per chunk, S clips per shard
+    length  (N,) int32 frames (0 for a clip that failed to decode)
+    status  (N,) int8: 0 ok, 1 failed at this stage
+    clip_id (N,) str
+    attrs   feature config, manifest key, feature key, mean/std (when complete)
+
+Shard s holds clips [s*S, (s+1)*S). Each shard is written whole by one writer,
+so parallel writers never touch the same file. A shard is done when its record
+`shards/shard-NNNNN.done.json` exists with the store's key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from storage.atomic import remove
+from storage.records import read_record, write_record
+
+OK_STATUS, FAILED_STATUS = 0, 1
+
+
+def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+
+
+def shard_marker(store: str | Path, shard: int) -> Path:
+    return Path(store) / "shards" / f"shard-{shard:05d}"
+
+
+def create_store(store: str | Path, clip_ids: list[str], n_mels: int, frames: int,
+                 shard_size: int, attrs: dict) -> None:
+    """Create an empty store (replacing a half-created one)."""
+    store = Path(store)
+    remove(store)
+    n = len(clip_ids)
+    group = zarr.open_group(store, mode="w")
+    group.create_array("logmel", shape=(n, n_mels, frames), chunks=(1, n_mels, frames),
+                       shards=(shard_size, n_mels, frames), dtype="float16", fill_value=0)
+    group.create_array("length", shape=(n,), chunks=(shard_size,), dtype="int32", fill_value=0)
+    group.create_array("status", shape=(n,), chunks=(shard_size,), dtype="int8", fill_value=0)
+    ids = group.create_array("clip_id", shape=(n,), chunks=(max(n, 1),), dtype=str)
+    if n:
+        ids[:] = np.asarray(clip_ids, dtype=object)
+    group.attrs.update({**attrs, "shard_size": shard_size, "layout_complete": True})
+
+
+def store_is_laid_out(store: str | Path, feature_key: str) -> bool:
+    try:
+        attrs = zarr.open_group(store, mode="r").attrs.asdict()
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
+        return False
+    return attrs.get("layout_complete") is True and attrs.get("feature_key") == feature_key
+
+
+def write_shard(store: str | Path, shard: int, start: int, logmels: np.ndarray,
+                lengths: np.ndarray, status: np.ndarray, key: str, **stats) -> None:
+    """Write one whole shard, then its completion record (with its statistics)."""
+    group = zarr.open_group(store, mode="r+")
+    stop = start + len(lengths)
+    group["logmel"][start:stop] = logmels.astype(np.float16)
+    group["length"][start:stop] = lengths.astype(np.int32)
+    group["status"][start:stop] = status.astype(np.int8)
+    write_record(shard_marker(store, shard), key, start=start, stop=stop, **stats)
+
+
+def shard_done(store: str | Path, shard: int, key: str) -> bool:
+    record = read_record(shard_marker(store, shard))
+    return record is not None and record.get("key") == key
+
+
+def shard_record(store: str | Path, shard: int) -> dict | None:
+    return read_record(shard_marker(store, shard))
+
+
+def finalize_store(store: str | Path, **attrs) -> None:
+    zarr.open_group(store, mode="r+").attrs.update(attrs)
+
+
+class FeatureReader:
+    """Random access to one clip's log-mel (n_mels, length) as float32."""
+
+    def __init__(self, store: str | Path):
+        self.path = Path(store)
+        self.group = zarr.open_group(self.path, mode="r")
+        self.attrs = self.group.attrs.asdict()
+        self.logmel = self.group["logmel"]
+        self.lengths = self.group["length"][:]
+        self.status = self.group["status"][:]
+        self.clip_ids = [str(c) for c in self.group["clip_id"][:]]
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+    @property
+    def mean(self) -> float:
+        return float(self.attrs["mean"])
+
+    @property
+    def std(self) -> float:
+        return float(self.attrs["std"])
+
+    @property
+    def usable(self) -> np.ndarray:
+        """Row indices of clips with features (decoded, non-empty)."""
+        return np.flatnonzero((self.status == OK_STATUS) & (self.lengths > 0))
+
+    def get(self, i: int) -> np.ndarray:
+        n = int(self.lengths[i])
+        return np.asarray(self.logmel[i, :, :n], dtype=np.float32)
+
+    def get_many(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Contiguous rows (padded to the longest) and their lengths: fast sequential reads."""
+        lengths = self.lengths[start:stop]
+        width = max(int(lengths.max(initial=0)), 1)
+        return np.asarray(self.logmel[start:stop, :, :width], dtype=np.float32), lengths

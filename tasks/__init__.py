@@ -1,0 +1,1 @@
+"""Units of work: read from storage, compute with model, write to storage."""

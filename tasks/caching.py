@@ -1,0 +1,39 @@
+"""Prefect caching on top of the project's own completion records.
+
+A stage task takes a `key` parameter (built from content hashes and config,
+never from run ids) and Prefect caches its (small, JSON) result under that key,
+so a rerun shows the stage as Cached in the UI. Prefect's cache is only trusted
+while the stage's completion record on disk agrees: if the output was deleted
+or is stale, `run_stage` refreshes the cache and the stage recomputes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import Task, task
+
+from storage.records import is_complete
+
+
+def _key_from_parameters(context, parameters: dict) -> str:
+    return f"{context.task.name}-{parameters['key']}"
+
+
+def stage(**task_options):
+    """Decorator for a cached, resumable stage task (its function takes `key`)."""
+    options = dict(cache_key_fn=_key_from_parameters, persist_result=True, result_serializer="json")
+    options.update(task_options)
+    return task(**options)
+
+
+def run_stage(stage_task: Task, output: str | Path, key: str, **parameters: Any) -> Any:
+    """Call a stage in this process; Prefect's cache is used only if `output` is complete for `key`."""
+    fresh = not is_complete(output, key)
+    return stage_task.with_options(refresh_cache=fresh)(key=key, **parameters)
+
+
+def submit_stage(stage_task: Task, output: str | Path, key: str, **parameters: Any):
+    """Like run_stage, but submitted to the flow's task runner (e.g. Dask); returns a future."""
+    fresh = not is_complete(output, key)
+    return stage_task.with_options(refresh_cache=fresh).submit(key=key, **parameters)
