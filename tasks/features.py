@@ -1,0 +1,62 @@
+"""Log-mel feature shards: decode, resample, cut, log-mel, write one whole shard."""
+from __future__ import annotations
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+from model.audio import log_mel
+from model.config import FeatureConfig
+from storage.features import FAILED_STATUS, OK_STATUS, shard_done, shard_record, write_shard
+from tasks.caching import stage
+from tasks.threads import cap_threads
+
+
+def load_mono(path: str, config: FeatureConfig) -> np.ndarray:
+    """Read any soundfile-readable file as mono float32 at config.sample_rate, cut to max_seconds."""
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if rate != config.sample_rate:
+        audio = torchaudio.functional.resample(torch.from_numpy(audio), rate, config.sample_rate).numpy()
+    audio = audio[: int(config.max_seconds * config.sample_rate)]
+    if audio.size == 0:
+        raise ValueError("no samples")
+    if not np.isfinite(audio).all():
+        raise ValueError("non-finite samples")
+    return audio
+
+
+@stage(name="compute-feature-shard", retries=1, retry_delay_seconds=2)
+def compute_feature_shard(store: str, shard: int, start: int, clip_ids: list[str], paths: list[str],
+                          frames: int, config: dict, key: str, threads: int = 1) -> dict:
+    """Compute and write shard `shard` (rows start .. start+len(paths)); returns its statistics.
+
+    Idempotent: a shard whose record matches `key` is not recomputed."""
+    if shard_done(store, shard, key):
+        return shard_record(store, shard)
+    cap_threads(threads)
+    cfg = FeatureConfig(**config)
+    n = len(paths)
+    logmels = np.zeros((n, cfg.n_mels, frames), dtype=np.float16)
+    lengths = np.zeros(n, dtype=np.int32)
+    status = np.full(n, OK_STATUS, dtype=np.int8)
+    total = total_sq = 0.0
+    count = 0
+    failures = []
+    for i, path in enumerate(paths):
+        try:
+            features = log_mel(load_mono(path, cfg), cfg).numpy()[:, :frames]
+        except Exception as exc:  # any decode problem marks the clip, never the shard
+            status[i] = FAILED_STATUS
+            failures.append({"clip_id": clip_ids[i], "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        lengths[i] = features.shape[1]
+        logmels[i, :, : features.shape[1]] = features
+        values = features.astype(np.float64)
+        total += values.sum()
+        total_sq += np.square(values).sum()
+        count += values.size
+    write_shard(store, shard, start, logmels, lengths, status, key,
+                sum=total, sum_sq=total_sq, count=count, failures=failures)
+    return shard_record(store, shard)
