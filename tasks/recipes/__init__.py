@@ -1,0 +1,37 @@
+"""Downstream task recipes (DECAR Table 1): data source, labels and splits for each task.
+
+`get_recipe(name).prepare(data_dir, source_override=None)` downloads and
+extracts what it needs (resumably) and writes the task's clip manifest to
+DataLayout(data_dir).manifest(f"task-{name}"), one row per clip with `label`
+and `split` (train | valid | test). No Prefect here: the benchmark flow wraps it.
+"""
+from __future__ import annotations
+
+from tasks.recipes.base import Entry, Recipe, RemoteFile, Source, assign_splits
+from tasks.recipes.birds import BIRD_SONG
+from tasks.recipes.emotion import IEMOCAP
+from tasks.recipes.generic import generic_recipe
+from tasks.recipes.instruments import NSYNTH
+from tasks.recipes.language import VOXFORGE
+from tasks.recipes.scenes import TUT_URBAN
+from tasks.recipes.speakers import LIBRISPEECH, VOXCELEB
+from tasks.recipes.speech_commands import V1 as SPEECH_COMMANDS_V1, V2 as SPEECH_COMMANDS_V2
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    LIBRISPEECH, VOXCELEB, SPEECH_COMMANDS_V1, SPEECH_COMMANDS_V2, TUT_URBAN, IEMOCAP, BIRD_SONG, VOXFORGE, NSYNTH)}
+
+__all__ = ["RECIPES", "Entry", "Recipe", "RemoteFile", "Source", "assign_splits", "get_recipe"]
+
+
+def get_recipe(name: str) -> Recipe:
+    """A paper task by name, or `folder:<path>` / `csv:<path>` for your own data."""
+    for kind in ("folder", "csv"):
+        if name.startswith(f"{kind}:"):
+            path = name[len(kind) + 1:]
+            if not path:
+                raise ValueError(f"{name!r}: give a path after '{kind}:'")
+            return generic_recipe(kind, path)
+    if name not in RECIPES:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(RECIPES)}, "
+                         "or folder:<path> / csv:<path> for your own data")
+    return RECIPES[name]
