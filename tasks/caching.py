@@ -27,12 +27,12 @@ def stage(**task_options):
     return task(**options)
 
 
-def run_stage(stage_task: Task, output: str | Path, key: str, **parameters: Any) -> Any:
+def run_stage(stage_task: Task, output: str | Path, key: str, /, **parameters: Any) -> Any:
     """Call a stage in this process; Prefect's cache is used only if `output` is complete for `key`."""
     return stage_task.with_options(refresh_cache=not is_complete(output, key))(key=key, **parameters)
 
 
-def submit_stage(stage_task: Task, done: bool, key: str, **parameters: Any):
+def submit_stage(stage_task: Task, done: bool, /, key: str, **parameters: Any):
     """Submit a stage to the flow's task runner (e.g. Dask); `done` says whether its output on
     disk is complete for `key` (else Prefect's cache is refreshed). Returns a future."""
     return stage_task.with_options(refresh_cache=not done).submit(key=key, **parameters)

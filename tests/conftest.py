@@ -22,7 +22,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
-from flows.local_server import start_local_server, stop_process  # noqa: E402
+from demo.prefect_server import start_local_server, stop_process  # noqa: E402
 
 _server, _api_url = start_local_server(_home / "server")
 os.environ["PREFECT_API_URL"] = _api_url

@@ -1,0 +1,86 @@
+"""A run's frozen config (run.json) and the content keys of each epoch's stages.
+
+Keys chain: extract(t) depends on the checkpoint of t-1, cluster(t) on extract(t)
+and epoch t's clustering config, train(t) on cluster(t). Changing the clustering
+of epoch t therefore changes the keys of t's training and of every later stage,
+and nothing before.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.config import ClusterConfig, ModelConfig, TrainConfig
+from storage.atomic import read_json, write_json
+from storage.layout import RunLayout
+from storage.records import stable_key
+
+KEY_VERSION = 1
+
+
+class ConfigMismatch(ValueError):
+    pass
+
+
+def freeze_run_config(run: RunLayout, identity: dict, force: bool = False) -> dict:
+    """Write run.json on first use; later, refuse a different identity unless forced.
+
+    Per-epoch clustering overrides written by `recluster` are kept."""
+    if run.config.exists():
+        stored = read_json(run.config)
+        old = {k: v for k, v in stored.items() if k != "cluster_overrides"}
+        changed = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        if changed and not force:
+            details = "; ".join(f"{k}: run has {old.get(k)!r}, asked {identity.get(k)!r}" for k in changed)
+            raise ConfigMismatch(f"run {run.root} was started with another config ({details}). "
+                                 "Use another run_name, or force_config=True to continue with the new one.")
+        identity = {**identity, "cluster_overrides": {} if changed else stored.get("cluster_overrides", {})}
+    else:
+        identity = {**identity, "cluster_overrides": {}}
+    write_json(run.config, identity)
+    return identity
+
+
+def read_run_config(run: RunLayout) -> dict:
+    if not run.config.exists():
+        raise FileNotFoundError(f"{run.root} is not a pretrain-decar run: {run.config} is missing")
+    return read_json(run.config)
+
+
+def cluster_config(config: dict, epoch: int) -> ClusterConfig:
+    override = config.get("cluster_overrides", {}).get(str(epoch), {})
+    return ClusterConfig(**{**config["cluster"], **override})
+
+
+@dataclass(frozen=True)
+class EpochKeys:
+    extract: str
+    cluster: str
+    compare: str
+    train: str
+
+
+def initial_key(config: dict) -> str:
+    return stable_key(KEY_VERSION, "init", config["feature_key"], config["model"], config["seed"])
+
+
+def epoch_keys(config: dict, last_epoch: int) -> list[EpochKeys]:
+    """Keys of epochs 0..last_epoch."""
+    out: list[EpochKeys] = []
+    checkpoint, previous_cluster = initial_key(config), None
+    for t in range(last_epoch + 1):
+        extract = stable_key(KEY_VERSION, "extract", config["feature_key"], checkpoint)
+        cluster = stable_key(KEY_VERSION, "cluster", extract, cluster_config(config, t).model_dump(),
+                             config["seed"], t)
+        compare = stable_key(KEY_VERSION, "compare", cluster, previous_cluster)
+        checkpoint = stable_key(KEY_VERSION, "train", cluster, checkpoint, config["train"], config["seed"], t)
+        out.append(EpochKeys(extract, cluster, compare, checkpoint))
+        previous_cluster = cluster
+    return out
+
+
+def model_config(config: dict) -> ModelConfig:
+    return ModelConfig(**config["model"])
+
+
+def train_config(config: dict) -> TrainConfig:
+    return TrainConfig(**config["train"])

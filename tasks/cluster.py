@@ -1,0 +1,50 @@
+"""Clustering stages: embeddings -> pseudo-labels (Parquet), then NMI against the previous epoch."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model.clustering import cluster, cluster_stats, nmi
+from model.config import ClusterConfig
+from storage.atomic import write_json
+from storage.embeddings import read_embeddings
+from storage.features import FeatureReader
+from storage.labels import read_labels, write_labels
+from storage.records import write_record
+from tasks.caching import stage
+from tasks.threads import cap_threads
+
+
+@stage(name="cluster-embeddings")
+def cluster_embeddings(embeddings: str, features: str, labels: str, config: dict, seed: int,
+                       epoch: int, key: str, threads: int = 0) -> dict:
+    """Cluster the usable clips' embeddings and write this epoch's labels."""
+    if threads:
+        cap_threads(threads)
+    cfg = ClusterConfig(**config)
+    reader = FeatureReader(features)
+    rows = reader.usable
+    started = time.perf_counter()
+    assignment = cluster(read_embeddings(embeddings, rows), cfg, seed)
+    write_labels(labels, [reader.clip_ids[r] for r in rows], rows, assignment, epoch, cfg.algorithm)
+    stats = cluster_stats(assignment)
+    write_record(labels, key, algorithm=cfg.algorithm, **stats)
+    return {"labels": labels, "algorithm": cfg.algorithm, "seconds": time.perf_counter() - started, **stats}
+
+
+@stage(name="compare-labels")
+def compare_labels(labels: str, previous: str | None, output: str, key: str) -> dict:
+    """NMI between this epoch's and the previous epoch's labels (matched by clip id), and sizes."""
+    clip_ids, current, _ = read_labels(labels)
+    score = None
+    if previous and Path(previous).exists():
+        before = dict(zip(*read_labels(previous)[:2]))
+        common = [i for i, c in enumerate(clip_ids) if c in before]
+        if common:
+            score = nmi(current[common], np.array([before[clip_ids[i]] for i in common]))
+    summary = {"nmi": score, **cluster_stats(current)}
+    write_json(output, summary)
+    write_record(output, key)
+    return summary
