@@ -5,7 +5,8 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+from flows.download import download_audioset  # noqa: E402
 from flows.features import cache_features  # noqa: E402
 from flows.pretrain import pretrain_decar  # noqa: E402
 
-__all__ = ["cache_features", "pretrain_decar"]
+__all__ = ["download_audioset", "cache_features", "pretrain_decar"]

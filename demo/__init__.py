@@ -1,0 +1,1 @@
+"""Demo helpers: a generated audio pool laid out like AudioSet, and a loopback HTTP server."""
