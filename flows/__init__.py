@@ -6,7 +6,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from flows.download import download_audioset  # noqa: E402
+from flows.benchmark import benchmark_downstream  # noqa: E402
 from flows.features import cache_features  # noqa: E402
 from flows.pretrain import pretrain_decar  # noqa: E402
+from flows.recluster import recluster  # noqa: E402
 
-__all__ = ["download_audioset", "cache_features", "pretrain_decar"]
+__all__ = ["download_audioset", "benchmark_downstream", "cache_features", "pretrain_decar", "recluster"]

@@ -35,12 +35,14 @@ def extract_embeddings(jobs: list[dict], done: list[bool]) -> list[dict]:
 
 
 @stage(name="finish-embeddings")
-def finish_embeddings(embeddings: str, shards: int, key: str) -> str:
+def finish_embeddings(embeddings: str, shards: int, seconds: float, key: str) -> dict:
+    """Check every shard is there, then the store's record. `seconds` (the extraction's wall
+    time) is returned so a cached rerun still reports the original timing."""
     missing = [s for s in range(shards) if read_record(Path(embeddings) / "shards" / f"shard-{s:05d}") is None]
     if missing:
         raise RuntimeError(f"{embeddings}: shards {missing[:10]} have no completion record")
     write_record(embeddings, key)
-    return embeddings
+    return {"embeddings": embeddings, "seconds": seconds}
 
 
 @stage(name="initialize-model")
@@ -101,29 +103,19 @@ def run_epoch_stages(run: RunLayout, config: dict, epoch: int, keys, previous_ch
         done = [shard_done(embeddings, j["shard"], j["key"]) for j in jobs]
         if not all(done):
             extract_embeddings.with_options(task_runner=dask_runner(dask.get()))(jobs, done)
-    run_stage(finish_embeddings, embeddings, keys.extract, embeddings=str(embeddings),
-              shards=len(shard_ranges(len(reader), SHARD_SIZE)))
-    seconds["extract"] = time.perf_counter() - started
+    extracted = run_stage(finish_embeddings, embeddings, keys.extract, embeddings=str(embeddings),
+                          shards=len(shard_ranges(len(reader), SHARD_SIZE)),
+                          seconds=time.perf_counter() - started)
+    seconds["extract"] = extracted["seconds"]
 
-    started = time.perf_counter()
-    clustered = run_stage(cluster_embeddings, run.labels(epoch), keys.cluster, embeddings=str(embeddings),
-                          features=features, labels=str(run.labels(epoch)),
-                          config=cluster_config(config, epoch).model_dump(), seed=config["seed"] * 1000 + epoch,
-                          epoch=epoch)
-    seconds["cluster"] = time.perf_counter() - started
+    clustered, compared = cluster_epoch(run, config, epoch, keys, features)
+    seconds["cluster"] = clustered["seconds"]
 
-    started = time.perf_counter()
-    previous_labels = str(run.labels(epoch - 1)) if epoch > 0 else None
-    compared = run_stage(compare_labels, run.clustering(epoch), keys.compare, labels=str(run.labels(epoch)),
-                         previous=previous_labels, output=str(run.clustering(epoch)))
-    seconds["compare"] = time.perf_counter() - started
-
-    started = time.perf_counter()
     trained = run_stage(train_epoch, run.checkpoint(epoch), keys.train, features=features,
                         labels=str(run.labels(epoch)), previous_checkpoint=previous_checkpoint,
                         checkpoint=str(run.checkpoint(epoch)), config=config["train"], epoch=epoch,
                         seed=config["seed"], device=device, progress=progress)
-    seconds["train"] = time.perf_counter() - started
+    seconds["train"] = trained["seconds"]
     logger.info("epoch %d: loss %.4f, NMI %s, %d clusters (largest %.1f%%), %s", epoch, trained["loss"],
                 "n/a" if compared["nmi"] is None else f"{compared['nmi']:.4f}", compared["clusters"],
                 100 * compared["largest_fraction"], ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
@@ -132,6 +124,18 @@ def run_epoch_stages(run: RunLayout, config: dict, epoch: int, keys, previous_ch
                "checkpoint": str(run.checkpoint(epoch)), "seconds": seconds}
     write_json(run.metrics(epoch), metrics)
     return metrics
+
+
+def cluster_epoch(run: RunLayout, config: dict, epoch: int, keys, features: str) -> tuple[dict, dict]:
+    """Cluster stage then compare stage of one epoch (pretrain-decar and recluster share it)."""
+    clustered = run_stage(cluster_embeddings, run.labels(epoch), keys.cluster, embeddings=str(run.embeddings(epoch)),
+                          features=features, labels=str(run.labels(epoch)),
+                          config=cluster_config(config, epoch).model_dump(), seed=config["seed"] * 1000 + epoch,
+                          epoch=epoch)
+    previous_labels = str(run.labels(epoch - 1)) if epoch > 0 else None
+    compared = run_stage(compare_labels, run.clustering(epoch), keys.compare, labels=str(run.labels(epoch)),
+                         previous=previous_labels, output=str(run.clustering(epoch)))
+    return clustered, compared
 
 
 class DaskAddress:

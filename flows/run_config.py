@@ -27,10 +27,11 @@ def freeze_run_config(run: RunLayout, identity: dict, force: bool = False) -> di
     Per-epoch clustering overrides written by `recluster` are kept."""
     if run.config.exists():
         stored = read_json(run.config)
-        old = {k: v for k, v in stored.items() if k != "cluster_overrides"}
-        changed = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        old = flatten({k: v for k, v in stored.items() if k != "cluster_overrides"})
+        new = flatten(identity)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed and not force:
-            details = "; ".join(f"{k}: run has {old.get(k)!r}, asked {identity.get(k)!r}" for k in changed)
+            details = "; ".join(f"{k}: run has {old.get(k)!r}, asked {new.get(k)!r}" for k in changed)
             raise ConfigMismatch(f"run {run.root} was started with another config ({details}). "
                                  "Use another run_name, or force_config=True to continue with the new one.")
         identity = {**identity, "cluster_overrides": {} if changed else stored.get("cluster_overrides", {})}
@@ -38,6 +39,17 @@ def freeze_run_config(run: RunLayout, identity: dict, force: bool = False) -> di
         identity = {**identity, "cluster_overrides": {}}
     write_json(run.config, identity)
     return identity
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 0.05}} -> {"train.lr": 0.05}, so a mismatch names the exact setting."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def read_run_config(run: RunLayout) -> dict:

@@ -1,0 +1,160 @@
+"""pretrain-decar and recluster: real flows, real Dask cluster, real Zarr/Parquet, tiny network."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from flows import cache_features, pretrain_decar, recluster
+from flows.pretrain import should_stop
+from flows.run_config import ConfigMismatch
+from storage.checkpoint import load_checkpoint
+from storage.layout import RunLayout
+from storage.locks import DirectoryLock, LockedError
+from storage.records import record_path
+from tests.helpers import task_states, tone_manifest
+
+SMALL = dict(clusters=4, batch_size=8, width_mult=0.25)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, dask_address) -> str:
+    data = tmp_path_factory.mktemp("data")
+    return cache_features(str(tone_manifest(data, n=48, seconds=1.0)), data_dir=str(data),
+                          dask_address=dask_address)
+
+
+def read_metrics(run: RunLayout, epoch: int) -> dict:
+    return json.loads(run.metrics(epoch).read_text())
+
+
+def test_two_epochs_end_to_end(store, tmp_path, dask_address):
+    run = RunLayout(pretrain_decar(store, "two", runs_dir=str(tmp_path), epochs=2, dask_address=dask_address,
+                                   **SMALL))
+    for epoch in (0, 1):
+        labels = pq.read_table(run.labels(epoch))
+        assert labels.column_names[:2] == ["clip_id", "label"] and labels.num_rows == 48
+        assert set(labels.column("label").to_pylist()) == {0, 1, 2, 3}  # k non-empty clusters
+        metrics = read_metrics(run, epoch)
+        assert metrics["clusters"] == 4 and np.isfinite(metrics["loss"])
+        checkpoint = load_checkpoint(run.checkpoint(epoch))
+        assert checkpoint["epoch"] == epoch and checkpoint["head"]["weight"].shape[0] == 4
+    assert read_metrics(run, 0)["nmi"] is None
+    assert 0.0 <= read_metrics(run, 1)["nmi"] <= 1.0
+    summary = json.loads((run.root / "summary.json").read_text())
+    assert summary["latest_checkpoint"] == str(run.checkpoint(1)) and summary["epochs"] == 2
+
+
+def test_finished_run_reruns_as_cache_hits(store, tmp_path, dask_address):
+    args = dict(runs_dir=str(tmp_path), epochs=2, dask_address=dask_address, **SMALL)
+    pretrain_decar(store, "again", **args)
+    started = time.perf_counter()
+    state = pretrain_decar(store, "again", return_state=True, **args)
+    elapsed = time.perf_counter() - started
+    states = task_states(state.state_details.flow_run_id)
+    assert set(states) == {"initialize-model", "finish-embeddings", "cluster-embeddings", "compare-labels",
+                           "train-epoch"}, states  # no extraction subflow ran
+    assert all(s == "Cached" for names in states.values() for s in names), states
+    assert elapsed < 30
+
+
+def test_should_stop_on_nmi_patience():
+    history = [{"nmi": n} for n in (None, 0.5, 0.6, 0.55, 0.58)]
+    assert not should_stop(history[:3], patience=2)
+    assert not should_stop(history[:4], patience=2)
+    assert should_stop(history, patience=2)
+    assert should_stop(history[:4], patience=1)
+
+
+def test_early_stop_in_a_run(store, tmp_path, dask_address):
+    run = RunLayout(pretrain_decar(store, "stop", runs_dir=str(tmp_path), epochs=6, patience=1,
+                                   dask_address=dask_address, **SMALL))
+    nmis = [read_metrics(run, e)["nmi"] for e in run.epochs()]
+    ran = len(nmis)
+    # the run ends exactly at the first epoch whose NMI does not beat the best so far
+    expected = next((t + 1 for t in range(2, 6) if nmis_upto(nmis, t)), 6) if ran > 2 else ran
+    assert ran == expected
+    assert json.loads((run.root / "summary.json").read_text())["stopped_early"] == (ran < 6)
+
+
+def nmis_upto(nmis, t):
+    return t < len(nmis) and nmis[t] <= max(nmis[1:t])
+
+
+def test_same_seed_gives_same_labels(store, tmp_path, dask_address):
+    runs = [RunLayout(pretrain_decar(store, name, runs_dir=str(tmp_path), epochs=2, seed=7,
+                                     dask_address=dask_address, **SMALL)) for name in ("a", "b")]
+    for epoch in (0, 1):
+        a, b = (pq.read_table(r.labels(epoch)).to_pydict() for r in runs)
+        assert a == b
+
+
+def test_kill_during_training_then_resume(store, tmp_path, dask_address, subprocess_env):
+    args = dict(runs_dir=str(tmp_path), epochs=2, samples_per_epoch=400, dask_address=dask_address, **SMALL)
+    code = f"from flows import pretrain_decar; pretrain_decar({store!r}, 'killed', **{args!r})"
+    child = subprocess.Popen([sys.executable, "-c", code], env=subprocess_env, start_new_session=True)
+    run = RunLayout(tmp_path / "killed")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not record_path(run.labels(1)).exists():
+        assert child.poll() is None, "run ended before epoch 1's training"
+        time.sleep(0.1)
+    time.sleep(1.0)  # inside epoch 1's training loop
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not run.checkpoint(1).exists()
+    before = {p: p.stat().st_mtime_ns for p in run.root.rglob("*.done.json")}
+
+    state = pretrain_decar(store, "killed", return_state=True, **args)
+    states = task_states(state.state_details.flow_run_id)
+    assert sorted(states["train-epoch"]) == ["Cached", "Completed"]  # epoch 0 cached, epoch 1 resumed
+    assert states["cluster-embeddings"] == ["Cached", "Cached"]
+    assert states["finish-embeddings"] == ["Cached", "Cached"]
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing complete was redone
+    assert load_checkpoint(run.checkpoint(1))["epoch"] == 1
+
+
+def test_recluster_replaces_labels_and_invalidates_later_epochs(store, tmp_path, dask_address):
+    run = RunLayout(pretrain_decar(store, "re", runs_dir=str(tmp_path), epochs=2, dask_address=dask_address,
+                                   **SMALL))
+    embeddings_record = record_path(run.embeddings(0)).stat().st_mtime_ns
+    labels = recluster(str(run.root), epoch=0, clusters=6)
+    assert labels == str(run.labels(0))
+    assert len(set(pq.read_table(labels).column("label").to_pylist())) == 6
+    assert not run.checkpoint(0).exists() and not run.epoch_dir(1).exists()
+    assert record_path(run.embeddings(0)).stat().st_mtime_ns == embeddings_record  # embeddings reused
+    assert json.loads(run.config.read_text())["cluster_overrides"] == {"0": {"clusters": 6}}
+    # the run continues with the new labels: epoch 0 retrained with a 6-way head, epoch 1 recomputed
+    pretrain_decar(store, "re", runs_dir=str(tmp_path), epochs=2, dask_address=dask_address, **SMALL)
+    assert load_checkpoint(run.checkpoint(0))["head"]["weight"].shape[0] == 6
+    assert run.checkpoint(1).exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(clusters=100), "clusters \\(100\\) is larger than the number of usable clips \\(48\\)"),
+    (dict(epochs=0), "epochs must be >= 1"),
+    (dict(features="/nonexistent/store.zarr"), "features: no complete feature store"),
+    (dict(algorithm="dbscan"), "algorithm must be"),
+])
+def test_bad_parameters_fail_before_any_work(store, tmp_path, change, message):
+    args = dict(features=store, run_name="bad", runs_dir=str(tmp_path), **SMALL)
+    args.update(change)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        pretrain_decar(**args)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_second_concurrent_run_and_changed_config_are_refused(store, tmp_path, dask_address):
+    pretrain_decar(store, "solo", runs_dir=str(tmp_path), epochs=1, dask_address=dask_address, **SMALL)
+    with DirectoryLock(tmp_path / "solo"):
+        with pytest.raises(LockedError, match="is in use by pid"):
+            pretrain_decar(store, "solo", runs_dir=str(tmp_path), epochs=1, **SMALL)
+    with pytest.raises(ConfigMismatch, match="train.lr: run has 0.05, asked 0.1"):
+        pretrain_decar(store, "solo", runs_dir=str(tmp_path), epochs=1, lr=0.1, **SMALL)
