@@ -10,6 +10,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
+from storage.faults import maybe_crash
 from tasks.caching import submit_stage
 
 
@@ -33,6 +34,7 @@ def run_sharded(stage_task, jobs: list[dict], done: list[bool], what: str, attem
                 pending[submit_stage(stage_task, False, **jobs[i])] = (i, attempt + 1)
                 break  # restart as_completed over the new set of futures
             finished += 1
+            maybe_crash(f"shard:{what}")
             update_progress_artifact(progress, 100.0 * finished / len(jobs),
                                      description=f"{what}: {finished}/{len(jobs)} shards")
     return results

@@ -1,6 +1,7 @@
 """Write-then-rename helpers: a file under its final name is always complete."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -8,6 +9,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from storage.faults import maybe_crash
 
 
 def temp_sibling(path: Path) -> Path:
@@ -26,7 +29,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # name the file; the temporary is removed below
+                raise OSError(errno.ENOSPC, f"no space left on device while writing {path}; free space "
+                              "and rerun (outputs written before are intact)") from exc
+            raise
+        maybe_crash(f"rename:{path}")
         if tmp.is_dir() and path.exists():
             old = temp_sibling(path)
             os.replace(path, old)

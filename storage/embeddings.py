@@ -12,6 +12,7 @@ import zarr
 
 from storage.atomic import remove
 from storage.features import shard_marker
+from storage.integrity import shard_checksums
 from storage.records import write_record
 
 
@@ -30,9 +31,11 @@ def embeddings_laid_out(path: str | Path, key: str) -> bool:
     return attrs.get("layout_complete") is True and attrs.get("key") == key
 
 
-def write_embedding_shard(path: str | Path, shard: int, start: int, values: np.ndarray, key: str) -> None:
+def write_embedding_shard(path: str | Path, shard: int, start: int, values: np.ndarray, key: str,
+                          **info) -> None:
     zarr.open_group(path, mode="r+")["embedding"][start:start + len(values)] = values.astype(np.float32)
-    write_record(shard_marker(path, shard), key, start=start, stop=start + len(values))
+    files = shard_checksums(path, ("embedding",), start, start + len(values))
+    write_record(shard_marker(path, shard), key, start=start, stop=start + len(values), files=files, **info)
 
 
 def read_embeddings(path: str | Path, rows: np.ndarray | None = None) -> np.ndarray:

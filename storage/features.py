@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 
 from storage.atomic import remove
+from storage.integrity import shard_checksums
 from storage.records import read_record, write_record
 
 OK_STATUS, FAILED_STATUS = 0, 1
@@ -64,7 +65,8 @@ def write_shard(store: str | Path, shard: int, start: int, logmels: np.ndarray,
     group["logmel"][start:stop] = logmels.astype(np.float16)
     group["length"][start:stop] = lengths.astype(np.int32)
     group["status"][start:stop] = status.astype(np.int8)
-    write_record(shard_marker(store, shard), key, start=start, stop=stop, **stats)
+    files = shard_checksums(store, ("logmel", "length", "status"), start, stop)
+    write_record(shard_marker(store, shard), key, start=start, stop=stop, files=files, **stats)
 
 
 def shard_done(store: str | Path, shard: int, key: str) -> bool:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from storage.atomic import read_json, write_json
+from storage.faults import maybe_crash
 
 
 def stable_key(*parts, length: int = 16) -> str:
@@ -33,6 +34,7 @@ def record_path(output: str | Path) -> Path:
 
 
 def write_record(output: str | Path, key: str, **info) -> None:
+    maybe_crash(f"record:{output}")
     write_json(record_path(output), {"key": key, **info})
 
 

@@ -10,7 +10,9 @@ from model.clustering import cluster, cluster_stats, nmi
 from model.config import ClusterConfig
 from storage.atomic import write_json
 from storage.embeddings import read_embeddings
+from storage.faults import maybe_crash
 from storage.features import FeatureReader
+from storage.integrity import verify_store
 from storage.labels import read_labels, write_labels
 from storage.records import write_record
 from tasks.caching import stage
@@ -27,7 +29,9 @@ def cluster_embeddings(embeddings: str, features: str, labels: str, config: dict
     reader = FeatureReader(features)
     rows = reader.usable
     started = time.perf_counter()
+    verify_store(embeddings)
     assignment = cluster(read_embeddings(embeddings, rows), cfg, seed)
+    maybe_crash("cluster")
     write_labels(labels, [reader.clip_ids[r] for r in rows], rows, assignment, epoch, cfg.algorithm)
     stats = cluster_stats(assignment)
     write_record(labels, key, algorithm=cfg.algorithm, **stats)

@@ -1,6 +1,8 @@
 """Embedding extraction: one shard of the feature store through the network in eval mode."""
 from __future__ import annotations
 
+import os
+import socket
 from functools import lru_cache
 
 import numpy as np
@@ -10,7 +12,9 @@ from model.config import ModelConfig
 from model.network import DecarNet, add_channel
 from storage.checkpoint import load_checkpoint
 from storage.embeddings import write_embedding_shard
+from storage.faults import maybe_crash
 from storage.features import FeatureReader, shard_done, shard_record
+from storage.integrity import verify_rows
 from tasks.caching import stage
 from tasks.threads import cap_threads
 
@@ -63,9 +67,11 @@ def extract_embedding_shard(embeddings: str, features: str, checkpoint: str, che
                             key: str, threads: int = 1) -> dict:
     if shard_done(embeddings, shard, key):
         return shard_record(embeddings, shard)
+    maybe_crash("embed-shard")
+    verify_rows(features, start, stop)  # a damaged feature shard is reported, never read as zeros
     cap_threads(threads)
     dev = resolve_device(device)
     net, mean, std = _cached_network(checkpoint, checkpoint_sha256, str(dev))
     values = embed_rows(net, FeatureReader(features), start, stop, mean, std, batch_size, dev)
-    write_embedding_shard(embeddings, shard, start, values, key)
+    write_embedding_shard(embeddings, shard, start, values, key, worker=f"{socket.gethostname()}:{os.getpid()}")
     return shard_record(embeddings, shard)

@@ -14,6 +14,7 @@ from model.config import ModelConfig, TrainConfig
 from model.network import add_channel
 from model.sampler import UniformClusterSampler
 from storage.checkpoint import load_checkpoint, save_checkpoint
+from storage.faults import maybe_crash
 from storage.features import FeatureReader
 from storage.labels import read_labels
 from tasks.caching import stage
@@ -89,6 +90,7 @@ def train_epoch(features: str, labels: str, previous_checkpoint: str, checkpoint
         body_opt.step()
         head_opt.step()
         total += loss.item()
+        maybe_crash("train-step")
         if progress and (step % report_every == 0 or step == steps):
             progress(step / steps, total / step)
     mean_loss = total / max(steps, 1)
