@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench ui
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -22,3 +22,6 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/pretrain.py
+
+ui: $(VENV)/.installed
+	PREFECT_HOME=$(CURDIR)/.prefect $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200

@@ -4,6 +4,8 @@ import os
 # Telemetry off before Prefect is imported (no internet on many research machines).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Dask's INFO lines (every worker start and stop) drown the flows' own progress lines.
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 from flows.download import download_audioset  # noqa: E402
 from flows.benchmark import benchmark_downstream  # noqa: E402

@@ -195,9 +195,7 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
         history, previous, table_key = [], str(initial), f"decar-{slug(run_name)}-epochs"
         keys = epoch_keys(config, epochs - 1)
         for epoch in range(epochs):
-            bar = create_progress_artifact(0.0, description=f"epoch {epoch}: training")
-            update = lambda fraction, loss, bar=bar, e=epoch: update_progress_artifact(  # noqa: E731
-                bar, 100 * fraction, description=f"epoch {e}: training, loss {loss:.4f}")
+            update = training_progress(epoch)
             metrics = run_epoch_stages(run, config, epoch, keys[epoch], previous, reader, device, dask, update)
             history.append(metrics)
             previous = metrics["checkpoint"]
@@ -210,6 +208,23 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
     create_markdown_artifact(summary_markdown(run_name, summary), key=f"decar-{slug(run_name)}-summary")
     logger.info("pretrain-decar: %d epochs, latest checkpoint %s", len(history), summary["latest_checkpoint"])
     return str(run.root)
+
+
+def training_progress(epoch: int):
+    """A callback for train_epoch: a progress artifact in the UI and a log line every quarter."""
+    logger = get_run_logger()
+    bar, quarters = [], set()  # the artifact is made on first use: a cached epoch makes none
+
+    def update(fraction: float, loss: float) -> None:
+        if not bar:
+            bar.append(create_progress_artifact(0.0, description=f"epoch {epoch}: training"))
+        update_progress_artifact(bar[0], 100 * fraction, description=f"epoch {epoch}: training, loss {loss:.4f}")
+        quarter = int(fraction * 4)
+        if quarter not in quarters and quarter > 0:
+            quarters.add(quarter)
+            logger.info("epoch %d: training %d%%, loss %.4f", epoch, 25 * quarter, loss)
+
+    return update
 
 
 def table_row(m: dict) -> dict:
