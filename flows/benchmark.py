@@ -1,0 +1,268 @@
+"""Flow benchmark-downstream: a checkpoint's downstream scores beside random init and log-mel statistics.
+
+Per task: recipe -> manifest -> cache-features (subflow) -> frozen clip embeddings of each model
+(sharded on Dask, cached per checkpoint content and feature store) -> per mode one cached
+evaluation stage (linear probe, or fine-tuning of encoder + linear layer).
+
+Results (one row per task, mode and model):
+    <results_dir>/<name>/<task>-<mode>.parquet   each evaluation stage's rows (+ .done.json record)
+    <results_dir>/<name>.parquet                 all rows of this call (returned)
+where results_dir defaults to <run_dir>/benchmarks for a checkpoint inside a pretrain-decar run,
+else <data_dir>/benchmarks, and name is the checkpoint's epoch folder (epoch-NNN) in a run, else
+the first 12 hex digits of its sha256. Frozen embeddings live in
+<data_dir>/embeddings/<model>-<key>/embeddings.zarr, shared by every run of the same checkpoint.
+"""
+from __future__ import annotations
+
+import re
+from contextlib import ExitStack
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from demo.tasks import DEMO_TASKS, demo_task_folder
+from flows.features import cache_features
+from flows.pretrain import DaskAddress, slug
+from flows.runners import dask_runner
+from flows.sharded import run_sharded
+from model.config import ModelConfig
+from model.network import Encoder
+from storage.checkpoint import load_checkpoint
+from storage.embeddings import create_embeddings, embeddings_laid_out
+from storage.features import FeatureReader, shard_done, shard_ranges
+from storage.layout import RunLayout
+from storage.manifest import ok_rows, read_manifest
+from storage.records import file_sha256, is_complete, read_record, stable_key
+from tasks.caching import run_stage
+from tasks.probe import (MODELS, NETWORKS, SPLITS, embed_benchmark_shard, evaluate_task, finish_benchmark_embeddings,
+                         write_scores)
+from tasks.recipes import RECIPES, Recipe, get_recipe
+
+MODES = ("frozen", "finetune")
+KEY_VERSION = 1
+SHARD_SIZE = 256  # clips per embedding shard (one Dask task each)
+
+
+# ---------------------------------------------------------------- parameters
+
+def resolve_checkpoint(spec: str) -> Path:
+    """A checkpoint.pt path, `<run_dir>:latest` (the highest finished epoch) or `<run_dir>:<epoch>`."""
+    base, sep, which = str(spec).rpartition(":")
+    if sep and base and (which == "latest" or which.isdigit()):
+        run = RunLayout(base)
+        if not run.root.is_dir():
+            raise FileNotFoundError(f"checkpoint {spec!r}: run folder {base} does not exist")
+        finished = [e for e in run.epochs() if read_record(run.checkpoint(e)) and run.checkpoint(e).is_file()]
+        if which == "latest":
+            if not finished:
+                raise FileNotFoundError(f"checkpoint {spec!r}: {base} has no finished epoch "
+                                        "(no epoch-NNN/checkpoint.pt with a completion record)")
+            return run.checkpoint(finished[-1])
+        if int(which) not in finished:
+            raise FileNotFoundError(f"checkpoint {spec!r}: epoch {int(which)} of {base} has no finished "
+                                    f"checkpoint; finished epochs: {finished or 'none'}")
+        return run.checkpoint(int(which))
+    path = Path(spec)
+    if path.is_dir() and RunLayout(path).config.exists():
+        return resolve_checkpoint(f"{spec}:latest")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {spec!r} not found: give a checkpoint.pt file, "
+                                "<run_dir>:latest or <run_dir>:<epoch>")
+    return path
+
+
+def run_of(checkpoint: Path) -> tuple[Path | None, str | None]:
+    """(run folder, epoch folder name) when the checkpoint sits in a pretrain-decar run."""
+    folder = checkpoint.resolve().parent
+    if (re.fullmatch(r"epoch-\d{3}", folder.name) or folder.name == "init") and (folder.parent / "run.json").exists():
+        return checkpoint.parent.parent, folder.name
+    return None, None
+
+
+def known_tasks() -> str:
+    return ", ".join([*RECIPES, *DEMO_TASKS, "folder:<path>", "csv:<path>"])
+
+
+def resolve_task(name: str, data_dir: str) -> Recipe:
+    """A recipe name, folder:<path>, csv:<path> or a demo task (generated on first use)."""
+    if name in DEMO_TASKS:
+        return get_recipe(f"folder:{demo_task_folder(name, data_dir)}")
+    try:
+        return get_recipe(name)
+    except ValueError as exc:
+        raise ValueError(f"tasks: unknown task {name!r}; known tasks: {known_tasks()}") from exc
+
+
+def validate(checkpoint: str, tasks: list[str], modes: list[str], epochs: int, batch_size: int, lr: float,
+             sources: dict | None) -> Path:
+    """Fail before any work, naming the parameter; returns the checkpoint's path."""
+    if not tasks:
+        raise ValueError(f"tasks: give at least one task; known tasks: {known_tasks()}")
+    for name in tasks:
+        kind, _, where = name.partition(":")
+        if kind in ("folder", "csv") and where:
+            if not Path(where).expanduser().exists():
+                raise FileNotFoundError(f"tasks: {name!r}: {where} does not exist")
+        elif name not in DEMO_TASKS and name not in RECIPES:
+            raise ValueError(f"tasks: unknown task {name!r}; known tasks: {known_tasks()}")
+    if not modes or any(m not in MODES for m in modes):
+        raise ValueError(f"modes must be a non-empty list of {MODES}, got {modes!r}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1 or not lr > 0:
+        raise ValueError(f"batch_size must be >= 1 and lr > 0, got batch_size={batch_size}, lr={lr}")
+    stray = sorted(set(sources or {}) - set(tasks))
+    if stray:
+        raise ValueError(f"sources: {stray} are not among tasks {tasks}")
+    return resolve_checkpoint(checkpoint)
+
+
+# ---------------------------------------------------------------- stages
+
+@task(name="prepare-task")
+def prepare_task(name: str, data_dir: str, source: str | None) -> str:
+    """Fetch / list the task's clips; returns its manifest. Not cached: it re-lists the files (a changed
+    folder must count), and downloads retry and resume on their own (storage.archives)."""
+    return str(resolve_task(name, data_dir).prepare(data_dir, source))
+
+
+@flow(name="extract-benchmark-embeddings")
+def extract_benchmark_embeddings(jobs: list[dict], done: list[bool]) -> list[dict]:
+    """Runs on the Dask task runner; workers load the checkpoint themselves and write their rows."""
+    return run_sharded(embed_benchmark_shard, jobs, done, what="benchmark embeddings")
+
+
+def embedding_keys(sha256: str, payload: dict, feature_key: str, seed: int) -> dict[str, str]:
+    """Each model's embedding identity: what it is computed from, never paths or run names."""
+    return {"decar": stable_key(KEY_VERSION, "decar", sha256, feature_key),
+            "random-init": stable_key(KEY_VERSION, "random-init", payload["model_config"], payload["norm"], seed,
+                                      feature_key),
+            "logmel-stats": stable_key(KEY_VERSION, "logmel-stats", feature_key)}
+
+
+def ensure_embeddings(paths: dict[str, Path], keys: dict[str, str], features: str, checkpoint: str, sha256: str,
+                      model_config: ModelConfig, seed: int, batch_size: int, dask: DaskAddress) -> None:
+    """Extract whatever embeddings are missing (all models in one Dask subflow), then record them."""
+    reader = FeatureReader(features)
+    ranges = shard_ranges(len(reader), SHARD_SIZE)
+    dims = {"logmel-stats": 2 * reader.logmel.shape[1]}
+    jobs, done = [], []
+    for model, path in paths.items():
+        if is_complete(path, keys[model]):
+            continue
+        if not embeddings_laid_out(path, keys[model]):
+            dim = dims.get(model) or Encoder(model_config.width_mult).out_dim
+            create_embeddings(path, len(reader), dim, SHARD_SIZE, keys[model])
+        for s, (a, b) in enumerate(ranges):
+            jobs.append(dict(embeddings=str(path), features=features, model=model, checkpoint=checkpoint,
+                             checkpoint_sha256=sha256, seed=seed, shard=s, start=a, stop=b,
+                             batch_size=batch_size, key=f"{keys[model]}-{s}"))
+            done.append(shard_done(path, s, jobs[-1]["key"]))
+    if not all(done):
+        extract_benchmark_embeddings.with_options(task_runner=dask_runner(dask.get()))(jobs, done)
+    for model, path in paths.items():
+        run_stage(finish_benchmark_embeddings, path, keys[model], embeddings=str(path), shards=len(ranges))
+
+
+def label_key(manifest: str) -> str:
+    """Identity of the task's labels and splits (the feature key only covers clips and files)."""
+    return stable_key(sorted((r["clip_id"], str(r["label"]), r["split"]) for r in ok_rows(read_manifest(manifest))))
+
+
+def file_label(task_name: str, manifest: str) -> str:
+    """The task's name in file names; folder: / csv: tasks use their recipe name (holds a path hash)."""
+    return Path(manifest).stem.removeprefix("task-") if ":" in task_name else slug(task_name)
+
+
+def check_splits(name: str, manifest: str) -> None:
+    present = {r["split"] for r in ok_rows(read_manifest(manifest))}
+    missing = [s for s in SPLITS if s not in present]
+    if missing:
+        raise ValueError(f"tasks: task {name!r} ({manifest}) has no usable clips in split(s) {missing}; "
+                         "model selection needs train and valid, the report needs test")
+
+
+# ---------------------------------------------------------------- the flow
+
+@flow(name="benchmark-downstream")
+def benchmark_downstream(checkpoint: str, tasks: list[str], modes: list[str] = ["frozen"], data_dir: str = "data",
+                         epochs: int = 50, seed: int = 0, batch_size: int = 64, lr: float = 1e-3,
+                         dask_address: str | None = None, n_workers: int | None = None,
+                         sources: dict[str, str] | None = None, results_dir: str | None = None) -> str:
+    """Evaluate a checkpoint on downstream tasks (DECAR's protocol, METHODS.md); returns the results Parquet.
+
+    checkpoint: a checkpoint.pt, `<run_dir>:latest` or `<run_dir>:<epoch>`. tasks: recipe names,
+    demo-families / demo-pitch, folder:<path> or csv:<path>. modes: frozen (linear probe) and/or
+    finetune. sources: per task, a local folder or base URL for its data (recipe source override).
+    An unchanged checkpoint with the same tasks and config is a cache hit."""
+    logger = get_run_logger()
+    path = validate(checkpoint, tasks, modes, epochs, batch_size, lr, sources)
+    sha256 = file_sha256(path)
+    payload = load_checkpoint(path)
+    run_dir, epoch_tag = run_of(path)
+    name = epoch_tag or sha256[:12]
+    out_dir = Path(results_dir or (run_dir / "benchmarks" if run_dir else Path(data_dir) / "benchmarks"))
+    config = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
+    logger.info("benchmark-downstream: %s (sha256 %s) on %s, modes %s", path, sha256[:12], tasks, modes)
+    rows: list[dict] = []
+    with ExitStack() as stack:
+        dask = DaskAddress(dask_address, n_workers, stack)  # a local cluster only if something is extracted
+        for task_name in dict.fromkeys(tasks):
+            manifest = prepare_task(task_name, data_dir, (sources or {}).get(task_name))
+            check_splits(task_name, manifest)
+            features = cache_features(manifest, data_dir, dask_address=dask_address, n_workers=n_workers)
+            feature_key = FeatureReader(features).attrs["feature_key"]
+            keys = embedding_keys(sha256, payload, feature_key, seed)
+            paths = {m: Path(data_dir) / "embeddings" / f"{m}-{keys[m]}" / "embeddings.zarr" for m in MODELS}
+            for mode in dict.fromkeys(modes):
+                identity = keys if mode == "frozen" else {m: keys[m] for m in NETWORKS}
+                key = stable_key(KEY_VERSION, mode, sha256, feature_key, identity, label_key(manifest), config, seed)
+                output = out_dir / name / f"{file_label(task_name, manifest)}-{mode}.parquet"
+                if mode == "frozen" and not is_complete(output, key):
+                    ensure_embeddings(paths, keys, features, str(path), sha256,
+                                      ModelConfig(**payload["model_config"]), seed, batch_size, dask)
+                rows += run_stage(evaluate_task, output, key, task=task_name, mode=mode, manifest=manifest,
+                                  features=features, embeddings={m: str(p) for m, p in paths.items()},
+                                  checkpoint=str(path), checkpoint_sha256=sha256, config=config, seed=seed,
+                                  output=str(output))
+    results = out_dir / f"{name}.parquet"
+    write_scores(results, rows)
+    title = f"{run_dir.name}-{name}" if run_dir else name  # artifact keys are global: name the run too
+    publish(rows, title, {t: paper_scores_of(t) for t in tasks}, results)
+    logger.info("benchmark-downstream: %d score rows -> %s", len(rows), results)
+    return str(results)
+
+
+# ---------------------------------------------------------------- UI
+
+def paper_scores_of(task_name: str) -> dict | None:
+    recipe = RECIPES.get(task_name)
+    return recipe.paper_scores if recipe else None
+
+
+def paper_score(scores: dict | None, row: dict) -> float | None:
+    """DECAR Table 2 (test accuracy %) for this row, where the paper has one."""
+    prefix = {"decar": "decar", "random-init": "random"}.get(row["model"])
+    if not scores or not prefix:
+        return None
+    return scores.get(f"{prefix}_{'frozen' if row['mode'] == 'frozen' else 'finetuned'}")
+
+
+def publish(rows: list[dict], name: str, paper: dict[str, dict | None], results: Path) -> None:
+    table = [{"task": r["task"], "mode": r["mode"], "model": r["model"],
+              "accuracy_%": round(100 * r["accuracy"], 1), "macro_f1": round(r["macro_f1"], 3),
+              "valid_accuracy_%": round(100 * r["valid_accuracy"], 1), "best_epoch": r["best_epoch"],
+              "paper_accuracy_%": paper_score(paper.get(r["task"]), r)} for r in rows]
+    create_table_artifact(table, key=f"benchmark-{slug(name)}",
+                          description=f"benchmark-downstream {name}: test scores of the model chosen on "
+                                      "validation, beside DECAR Table 2 where the task is the paper's")
+    lines = [f"# benchmark-downstream `{name}`", "", f"Results: `{results}`", "",
+             "| task | mode | decar | random-init | logmel-stats |", "|---|---|---|---|---|"]
+    for task_name in dict.fromkeys(r["task"] for r in rows):
+        for mode in dict.fromkeys(r["mode"] for r in rows if r["task"] == task_name):
+            cells = {r["model"]: f"{100 * r['accuracy']:.1f} % (F1 {r['macro_f1']:.2f})"
+                     for r in rows if r["task"] == task_name and r["mode"] == mode}
+            lines.append(f"| {task_name} | {mode} | " + " | ".join(cells.get(m, "-") for m in MODELS) + " |")
+    lines += ["", "Test accuracy (macro-F1) of the epoch with the best validation accuracy."]
+    create_markdown_artifact("\n".join(lines) + "\n", key=f"benchmark-{slug(name)}-summary")

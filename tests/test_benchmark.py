@@ -1,0 +1,92 @@
+"""benchmark-downstream: real flows on the test API server, real Dask, a checkpoint from a short pre-training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from demo.tasks import DEMO_TASKS, demo_task_folder, generate_task
+from flows import benchmark_downstream, cache_features, pretrain_decar
+from flows.benchmark import resolve_checkpoint, resolve_task
+from storage.layout import RunLayout
+from storage.records import file_sha256
+from tests.helpers import task_states, tone_manifest
+
+COLUMNS = {"task", "mode", "model", "accuracy", "macro_f1", "valid_accuracy", "best_epoch", "checkpoint",
+           "checkpoint_sha256", "n_train", "n_valid", "n_test", "classes", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, dask_address) -> str:
+    data = tmp_path_factory.mktemp("pretrain")
+    store = cache_features(str(tone_manifest(data, n=16, seconds=1.0)), data_dir=str(data), dask_address=dask_address)
+    return pretrain_decar(store, "bench", runs_dir=str(data / "runs"), epochs=1, clusters=4, batch_size=8,
+                          width_mult=0.25, dask_address=dask_address)
+
+
+def test_three_models_both_modes_then_a_cached_rerun(run_dir, tmp_path, dask_address):
+    folder = generate_task("demo-families", tmp_path / "families", per_class=5)  # 8 classes, 24/8/8 clips
+    checkpoint = RunLayout(run_dir).checkpoint(0)
+    args = dict(tasks=[f"folder:{folder}"], modes=["frozen", "finetune"], data_dir=str(tmp_path / "data"),
+                epochs=1, batch_size=8, dask_address=dask_address)
+    results = benchmark_downstream(str(checkpoint), **args)
+
+    assert results == str(Path(run_dir) / "benchmarks" / "epoch-000.parquet")
+    rows = pq.read_table(results).to_pylist()
+    assert COLUMNS <= set(rows[0])
+    assert sorted((r["mode"], r["model"]) for r in rows) == [
+        ("finetune", "decar"), ("finetune", "random-init"),
+        ("frozen", "decar"), ("frozen", "logmel-stats"), ("frozen", "random-init")]
+    for r in rows:
+        assert (r["n_train"], r["n_valid"], r["n_test"], r["classes"]) == (24, 8, 8, 8)
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 and r["best_epoch"] == 1
+        assert r["checkpoint_sha256"] == file_sha256(checkpoint) and r["task"] == f"folder:{folder}"
+
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "data" / "embeddings").rglob("*.json")}
+    written.update({p: p.stat().st_mtime_ns for p in (Path(run_dir) / "benchmarks").rglob("*.json")})
+    assert len(written) > 6
+    state = benchmark_downstream(f"{run_dir}:latest", return_state=True, **args)  # same checkpoint, by run
+    assert state.result() == results
+    states = task_states(state.state_details.flow_run_id)
+    assert states.pop("evaluate-task") == ["Cached", "Cached"]
+    assert states.pop("prepare-task") == ["Completed"]  # re-lists the folder; the manifest content is unchanged
+    assert states.pop("cache-features") == ["Completed"]  # the subflow itself, its one stage cached:
+    assert states == {"finalize-features": ["Cached"]}  # no embedding shard, probe or fine-tune ran
+    assert {p: p.stat().st_mtime_ns for p in written} == written
+    assert pq.read_table(results).to_pylist() == rows
+
+
+def test_checkpoint_specs_resolve(run_dir):
+    run = RunLayout(run_dir)
+    assert resolve_checkpoint(f"{run_dir}:latest") == run.checkpoint(0)
+    assert resolve_checkpoint(f"{run_dir}:0") == run.checkpoint(0)
+    assert resolve_checkpoint(run_dir) == run.checkpoint(0)
+    with pytest.raises(FileNotFoundError, match="epoch 7 .* finished epochs: \\[0\\]"):
+        resolve_checkpoint(f"{run_dir}:7")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(tasks=["no-such-task"]), "tasks: unknown task 'no-such-task'; known tasks: .*demo-families"),
+    (dict(modes=["linear"]), "modes must be"),
+    (dict(epochs=0), "epochs must be >= 1"),
+    (dict(checkpoint="nowhere/checkpoint.pt"), "checkpoint 'nowhere/checkpoint.pt' not found"),
+])
+def test_parameters_are_checked_before_any_work(run_dir, tmp_path, bad, message):
+    args = {**dict(checkpoint=f"{run_dir}:latest", tasks=["demo-pitch"], data_dir=str(tmp_path)), **bad}
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        benchmark_downstream(**args)
+    assert not (tmp_path / "demo-tasks").exists()
+
+
+def test_demo_tasks_are_generated_once_and_deterministic(tmp_path):
+    folder = demo_task_folder("demo-pitch", tmp_path, per_class=2)
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.wav")) == [
+        f"{c}/{i:03d}.wav" for c in ("high", "low", "mid") for i in range(2)]
+    first = (folder / "low" / "000.wav").stat().st_mtime_ns
+    assert demo_task_folder("demo-pitch", tmp_path, per_class=2) == folder
+    assert (folder / "low" / "000.wav").stat().st_mtime_ns == first  # not regenerated
+    again = generate_task("demo-pitch", tmp_path / "again", per_class=2)
+    assert (again / "mid" / "001.wav").read_bytes() == (folder / "mid" / "001.wav").read_bytes()
+    assert set(DEMO_TASKS) == {"demo-families", "demo-pitch"}
+    assert resolve_task("demo-pitch", str(tmp_path)).name.startswith("folder-demo-pitch-")
