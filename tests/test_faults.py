@@ -182,7 +182,8 @@ def test_kill_during_feature_caching_then_resume(store, tmp_path, dask_address):
     wait_dask_idle(dask_address)
     [partial] = list((data / "features").glob("*.zarr"))
     first = records(partial)
-    assert 1 <= len(first) < 3 and not Path(f"{partial}.done.json").exists()
+    # Dask workers may finish the other shards before the flow process dies: at least one is kept
+    assert len(first) >= 1 and not Path(f"{partial}.done.json").exists()
     killed = run_child("features", params, env, fault="record:*/features/*.zarr")  # all shards, no store record
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     wait_dask_idle(dask_address)
