@@ -4,7 +4,7 @@ trusted, and a resumed run ends with the outputs of an uninterrupted one (same s
 
 Kills use storage/faults.py: DECAR_FAULT=<glob of a point> makes the process SIGKILL itself
 there (the points are listed in that module). The matrix these tests measure is in
-deploy/README-deploy.md.
+README.md ("Faults").
 """
 from __future__ import annotations
 
