@@ -6,9 +6,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
 $(VENV)/.installed: pyproject.toml
+	@echo "==> installing the pinned stack into $(VENV) (about 1-2 min)"
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -e '.[test]'
 	touch $@
 
 .PHONY: install demo test bench ui

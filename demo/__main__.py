@@ -9,6 +9,7 @@ server whose database stays in .prefect/, so `make ui` shows the runs afterwards
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -57,6 +58,8 @@ def run_demo(args, api_url: str, started: float) -> int:
     from demo.pool import CSV_NAME, generate_pool
     from demo.server import serve_folder
     from flows import cache_features, download_audioset, pretrain_decar
+
+    logging.getLogger("prefect.task_runner.dask").setLevel(logging.WARNING)  # per-subflow cluster lines
 
     print(f"    Prefect UI while the demo runs: {api_url.removesuffix('/api')}")
     source = Path(args.data_dir) / "demo-source"
