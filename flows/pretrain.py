@@ -6,6 +6,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import torch
 from prefect import flow, get_run_logger
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
@@ -69,6 +70,8 @@ def validate(features: str, run_name: str, epochs: int, patience: int, clusters:
         raise ValueError(f"batch_size must be >= 1 and lr > 0, got batch_size={batch_size}, lr={lr}")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():  # training runs in this process
+        raise ValueError(f"device is {device!r} but torch sees no GPU in the flow's process; use 'cpu' or 'auto'")
     record = read_record(features)
     if not Path(features).is_dir() or record is None:
         raise FileNotFoundError(f"features: no complete feature store at {features!r} "

@@ -11,7 +11,7 @@ import numpy as np
 import zarr
 
 from storage.atomic import remove
-from storage.features import shard_marker
+from storage.features import laid_out, shard_marker
 from storage.integrity import shard_checksums
 from storage.records import write_record
 
@@ -24,11 +24,7 @@ def create_embeddings(path: str | Path, rows: int, dim: int, shard_size: int, ke
 
 
 def embeddings_laid_out(path: str | Path, key: str) -> bool:
-    try:
-        attrs = zarr.open_group(path, mode="r").attrs.asdict()
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
-        return False
-    return attrs.get("layout_complete") is True and attrs.get("key") == key
+    return laid_out(path, key, key_attr="key")
 
 
 def write_embedding_shard(path: str | Path, shard: int, start: int, values: np.ndarray, key: str,

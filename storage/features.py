@@ -49,12 +49,17 @@ def create_store(store: str | Path, clip_ids: list[str], n_mels: int, frames: in
     group.attrs.update({**attrs, "shard_size": shard_size, "layout_complete": True})
 
 
-def store_is_laid_out(store: str | Path, feature_key: str) -> bool:
+def laid_out(store: str | Path, key: str, key_attr: str = "feature_key") -> bool:
+    """Whether a sharded store was fully created for `key` (a killed creation is redone)."""
     try:
         attrs = zarr.open_group(store, mode="r").attrs.asdict()
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
         return False
-    return attrs.get("layout_complete") is True and attrs.get("feature_key") == feature_key
+    return attrs.get("layout_complete") is True and attrs.get(key_attr) == key
+
+
+def store_is_laid_out(store: str | Path, feature_key: str) -> bool:
+    return laid_out(store, feature_key)
 
 
 def write_shard(store: str | Path, shard: int, start: int, logmels: np.ndarray,

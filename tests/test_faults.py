@@ -272,6 +272,47 @@ def test_api_unreachable_at_start_is_a_clear_error(store, tmp_path):
     assert not (tmp_path / "runs").exists(), "no work may start without the API"
 
 
+@pytest.mark.timeout(400)
+def test_api_lost_mid_run_then_resumed(store, reference, tmp_path):
+    """The API server dies while epoch 0 trains: the run stops without half-written outputs;
+    with the server back (same database), a rerun completes and equals the uninterrupted run."""
+    from demo.prefect_server import start_local_server, stop_process
+
+    home = tmp_path / "api"
+    server, url = start_local_server(home)
+    env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_CLIENT_MAX_RETRIES": "1"}
+    params = dict(features=store, run_name="api-lost", runs_dir=str(tmp_path / "runs"), n_workers=1, **TINY)
+    code = [sys.executable, "-c", RUNNER, "pretrain", json.dumps(params), str(SHARD)]
+    child = subprocess.Popen(code, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "runs" / "api-lost"
+    try:
+        deadline = time.monotonic() + 180
+        while not (run / "epoch-000" / "labels.parquet.done.json").exists():
+            assert child.poll() is None and time.monotonic() < deadline, "the run ended before training"
+            time.sleep(0.1)
+        stop_process(server)
+        try:
+            child.wait(120)  # the client gives up on the lost API, or we stop the run like a user would
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert_nothing_half_written_is_complete(run)
+    before = records(run)
+
+    server, url = start_local_server(home)  # the same database comes back
+    try:
+        done = run_child("pretrain", params, {**env, "PREFECT_API_URL": url})
+    finally:
+        stop_process(server)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert all(records(run)[p] == t for p, t in before.items()), "finished stages were redone"
+    assert_same_run(run, reference, TINY["epochs"])
+
+
 # ------------------------------------------------------------------ damaged files
 
 def test_corrupt_embedding_chunk_is_detected_then_recomputed(store, tmp_path, dask_address, monkeypatch):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from flows import cache_features, pretrain_decar, recluster
 from flows.pretrain import should_stop
@@ -142,6 +143,8 @@ def test_recluster_replaces_labels_and_invalidates_later_epochs(store, tmp_path,
     (dict(epochs=0), "epochs must be >= 1"),
     (dict(features="/nonexistent/store.zarr"), "features: no complete feature store"),
     (dict(algorithm="dbscan"), "algorithm must be"),
+    pytest.param(dict(device="cuda"), "torch sees no GPU", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_bad_parameters_fail_before_any_work(store, tmp_path, change, message):
     args = dict(features=store, run_name="bad", runs_dir=str(tmp_path), **SMALL)
@@ -158,3 +161,11 @@ def test_second_concurrent_run_and_changed_config_are_refused(store, tmp_path, d
             pretrain_decar(store, "solo", runs_dir=str(tmp_path), epochs=1, **SMALL)
     with pytest.raises(ConfigMismatch, match="train.lr: run has 0.05, asked 0.1"):
         pretrain_decar(store, "solo", runs_dir=str(tmp_path), epochs=1, lr=0.1, **SMALL)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+def test_one_epoch_on_gpu(store, tmp_path, dask_address):
+    run = RunLayout(pretrain_decar(store, "gpu", runs_dir=str(tmp_path), epochs=1, device="cuda",
+                                   dask_address=dask_address, **SMALL))
+    assert np.isfinite(read_metrics(run, 0)["loss"])
+    assert load_checkpoint(run.checkpoint(0))["encoder"]["features.0.0.weight"].device.type == "cpu"
