@@ -54,7 +54,7 @@ def run(args, work: Path) -> None:
 
     from demo.pool import generate_pool
     from flows import cache_features, download_audioset, pretrain_decar
-    from kmeans import compare_kmeans, mixture, timed
+    from kmeans import compare_kmeans, mixture
     from model.clustering import nmi
     from storage.features import FeatureReader
 

@@ -11,16 +11,16 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
-from flows.run_config import (cluster_config, epoch_keys, freeze_run_config, initial_key, model_config)
+from flows.run_config import (cluster_config, epoch_keys, freeze_run_config, initial_key)
 from flows.runners import dask_runner, local_cluster
 from flows.sharded import run_sharded
 from model.config import ClusterConfig, ModelConfig, TrainConfig
 from storage.atomic import write_json
 from storage.embeddings import create_embeddings, embeddings_laid_out
-from storage.features import FeatureReader, shard_done, shard_ranges
+from storage.features import FeatureReader, shard_done, shard_marker, shard_ranges
 from storage.layout import RunLayout
 from storage.locks import DirectoryLock
-from storage.records import is_complete, read_record, record_path, write_record
+from storage.records import is_complete, read_record, write_record
 from tasks.caching import run_stage, stage
 from tasks.cluster import cluster_embeddings, compare_labels
 from tasks.embed import extract_embedding_shard
@@ -39,7 +39,7 @@ def extract_embeddings(jobs: list[dict], done: list[bool]) -> list[dict]:
 def finish_embeddings(embeddings: str, shards: int, seconds: float, key: str) -> dict:
     """Check every shard is there, then the store's record. `seconds` (the extraction's wall
     time) is returned so a cached rerun still reports the original timing."""
-    missing = [s for s in range(shards) if read_record(Path(embeddings) / "shards" / f"shard-{s:05d}") is None]
+    missing = [s for s in range(shards) if read_record(shard_marker(embeddings, s)) is None]
     if missing:
         raise RuntimeError(f"{embeddings}: shards {missing[:10]} have no completion record")
     write_record(embeddings, key)

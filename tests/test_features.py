@@ -16,7 +16,7 @@ import torchaudio
 
 from flows import cache_features
 from model.config import FeatureConfig
-from storage.features import FeatureReader, shard_marker
+from storage.features import FeatureReader
 from storage.manifest import read_manifest, write_manifest
 from storage.records import record_path
 from tests.helpers import task_states, tone_manifest
