@@ -12,6 +12,7 @@ so parallel writers never touch the same file. A shard is done when its record
 """
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +98,14 @@ class FeatureReader:
         self.logmel = self.group["logmel"]
         self.lengths = self.group["length"][:]
         self.status = self.group["status"][:]
-        self.clip_ids = [str(c) for c in self.group["clip_id"][:]]
+
+    @cached_property
+    def clip_ids(self) -> list[str]:
+        """Read on first use: shard tasks never need all N ids."""
+        return [str(c) for c in self.group["clip_id"][:]]
 
     def __len__(self) -> int:
-        return len(self.clip_ids)
+        return len(self.lengths)
 
     @property
     def mean(self) -> float:
