@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -100,15 +99,13 @@ def test_same_seed_gives_same_labels(store, tmp_path, dask_address):
 def test_kill_during_training_then_resume(store, tmp_path, dask_address, subprocess_env):
     args = dict(runs_dir=str(tmp_path), epochs=2, samples_per_epoch=400, dask_address=dask_address, **SMALL)
     code = f"from flows import pretrain_decar; pretrain_decar({store!r}, 'killed', **{args!r})"
-    child = subprocess.Popen([sys.executable, "-c", code], env=subprocess_env, start_new_session=True)
+    # SIGKILL inside epoch 1's training loop, at its 6th SGD step (storage/faults.py): epoch 0's
+    # 400 / 8 = 50 steps are let through, so the kill point does not depend on timing.
+    env = {**subprocess_env, "DECAR_FAULT": "train-step", "DECAR_FAULT_SKIP": str(400 // 8 + 5)}
+    child = subprocess.run([sys.executable, "-c", code], env=env, timeout=300, capture_output=True, text=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     run = RunLayout(tmp_path / "killed")
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not record_path(run.labels(1)).exists():
-        assert child.poll() is None, "run ended before epoch 1's training"
-        time.sleep(0.1)
-    time.sleep(1.0)  # inside epoch 1's training loop
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+    assert run.checkpoint(0).exists() and record_path(run.labels(1)).exists()
     assert not run.checkpoint(1).exists()
     before = {p: p.stat().st_mtime_ns for p in run.root.rglob("*.done.json")}
 
