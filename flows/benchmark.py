@@ -35,8 +35,9 @@ from storage.layout import RunLayout
 from storage.manifest import ok_rows, read_manifest
 from storage.records import file_sha256, is_complete, read_record, stable_key
 from tasks.caching import run_stage
-from tasks.probe import (MODELS, NETWORKS, SPLITS, embed_benchmark_shard, evaluate_task, finish_benchmark_embeddings,
+from tasks.probe import (MODELS, NETWORKS, SPLITS, embed_benchmark_shard, evaluate_task,
                          write_scores)
+from tasks.embed import finish_embeddings
 from tasks.recipes import RECIPES, Recipe, get_recipe
 
 MODES = ("frozen", "finetune")
@@ -162,7 +163,7 @@ def ensure_embeddings(paths: dict[str, Path], keys: dict[str, str], features: st
     if not all(done):
         extract_benchmark_embeddings.with_options(task_runner=dask_runner(dask.get()))(jobs, done)
     for model, path in paths.items():
-        run_stage(finish_benchmark_embeddings, path, keys[model], embeddings=str(path), shards=len(ranges))
+        run_stage(finish_embeddings, path, keys[model], embeddings=str(path), shards=len(ranges))
 
 
 def label_key(manifest: str) -> str:

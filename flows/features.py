@@ -12,7 +12,7 @@ from flows.sharded import run_sharded
 from model.audio import frame_count
 from model.config import FeatureConfig
 from storage.features import (create_store, finalize_store, shard_done, shard_ranges, shard_record,
-                              store_is_laid_out)
+                              laid_out)
 from storage.layout import DataLayout
 from storage.manifest import manifest_key, ok_rows, read_manifest, resolve_audio
 from storage.records import is_complete, stable_key, write_record
@@ -67,7 +67,7 @@ def cache_features(manifest: str, data_dir: str = "data", config: FeatureConfig 
     if not is_complete(store, key):
         longest = max(float(r.get("duration_s") or config.max_seconds) for r in rows)
         frames = min(config.max_frames, frame_count(int(np.ceil(longest * config.sample_rate)), config))
-        if not store_is_laid_out(store, key):
+        if not laid_out(store, key):
             create_store(store, [r["clip_id"] for r in rows], config.n_mels, frames, shard_size,
                          {"feature_key": key, "feature_config": config.model_dump(),
                           "manifest": str(manifest_path.resolve()), "manifest_key": manifest_key(rows)})

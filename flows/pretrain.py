@@ -17,13 +17,13 @@ from flows.sharded import run_sharded
 from model.config import ClusterConfig, ModelConfig, TrainConfig
 from storage.atomic import write_json
 from storage.embeddings import create_embeddings, embeddings_laid_out
-from storage.features import FeatureReader, shard_done, shard_marker, shard_ranges
+from storage.features import FeatureReader, shard_done, shard_ranges
 from storage.layout import RunLayout
 from storage.locks import DirectoryLock
-from storage.records import is_complete, read_record, write_record
+from storage.records import is_complete, read_record
 from tasks.caching import run_stage, stage
 from tasks.cluster import cluster_embeddings, compare_labels
-from tasks.embed import extract_embedding_shard
+from tasks.embed import extract_embedding_shard, finish_embeddings
 from tasks.train import initial_checkpoint, train_epoch
 
 SHARD_SIZE = 256  # clips per embedding shard (one Dask task each)
@@ -33,17 +33,6 @@ SHARD_SIZE = 256  # clips per embedding shard (one Dask task each)
 def extract_embeddings(jobs: list[dict], done: list[bool]) -> list[dict]:
     """Runs on the Dask task runner; workers load the checkpoint themselves and write their rows."""
     return run_sharded(extract_embedding_shard, jobs, done, what="embeddings")
-
-
-@stage(name="finish-embeddings")
-def finish_embeddings(embeddings: str, shards: int, seconds: float, key: str) -> dict:
-    """Check every shard is there, then the store's record. `seconds` (the extraction's wall
-    time) is returned so a cached rerun still reports the original timing."""
-    missing = [s for s in range(shards) if read_record(shard_marker(embeddings, s)) is None]
-    if missing:
-        raise RuntimeError(f"{embeddings}: shards {missing[:10]} have no completion record")
-    write_record(embeddings, key)
-    return {"embeddings": embeddings, "seconds": seconds}
 
 
 @stage(name="initialize-model")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.config import ClusterConfig, ModelConfig, TrainConfig
+from model.config import ClusterConfig
 from storage.atomic import read_json, write_json
 from storage.layout import RunLayout
 from storage.records import stable_key
@@ -88,11 +88,3 @@ def epoch_keys(config: dict, last_epoch: int) -> list[EpochKeys]:
         out.append(EpochKeys(extract, cluster, compare, checkpoint))
         previous_cluster = cluster
     return out
-
-
-def model_config(config: dict) -> ModelConfig:
-    return ModelConfig(**config["model"])
-
-
-def train_config(config: dict) -> TrainConfig:
-    return TrainConfig(**config["train"])

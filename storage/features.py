@@ -59,9 +59,6 @@ def laid_out(store: str | Path, key: str, key_attr: str = "feature_key") -> bool
     return attrs.get("layout_complete") is True and attrs.get(key_attr) == key
 
 
-def store_is_laid_out(store: str | Path, feature_key: str) -> bool:
-    return laid_out(store, feature_key)
-
 
 def write_shard(store: str | Path, shard: int, start: int, logmels: np.ndarray,
                 lengths: np.ndarray, status: np.ndarray, key: str, **stats) -> None:

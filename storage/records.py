@@ -52,6 +52,3 @@ def is_complete(output: str | Path, key: str) -> bool:
     record = read_record(output)
     return record is not None and record.get("key") == key and Path(output).exists()
 
-
-def clear_record(output: str | Path) -> None:
-    record_path(output).unlink(missing_ok=True)

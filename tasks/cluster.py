@@ -16,7 +16,7 @@ from storage.integrity import verify_store
 from storage.labels import read_labels, write_labels
 from storage.records import write_record
 from tasks.caching import stage
-from tasks.threads import cap_threads
+from model.clustering import set_threads
 
 
 @stage(name="cluster-embeddings")
@@ -24,7 +24,7 @@ def cluster_embeddings(embeddings: str, features: str, labels: str, config: dict
                        epoch: int, key: str, threads: int = 0) -> dict:
     """Cluster the usable clips' embeddings and write this epoch's labels."""
     if threads:
-        cap_threads(threads)
+        set_threads(threads)
     cfg = ClusterConfig(**config)
     reader = FeatureReader(features)
     rows = reader.usable

@@ -14,9 +14,10 @@ from storage.checkpoint import load_checkpoint
 from storage.embeddings import write_embedding_shard
 from storage.faults import maybe_crash
 from storage.features import FeatureReader, shard_done, shard_record
+from storage.records import write_record
 from storage.integrity import verify_rows
 from tasks.caching import stage
-from tasks.threads import cap_threads
+from model.clustering import set_threads
 
 
 def resolve_device(device: str) -> torch.device:
@@ -34,12 +35,27 @@ def network_from_checkpoint(payload: dict, device: torch.device) -> DecarNet:
     return net.to(device).eval()
 
 
-@lru_cache(maxsize=2)
-def _cached_network(checkpoint: str, sha256: str, device: str) -> tuple[DecarNet, float, float]:
-    """One load per worker process and checkpoint, not one per shard (sha256 keys the cache)."""
+def load_network(checkpoint: str, device: torch.device, model: str = "decar",
+                 seed: int = 0) -> tuple[DecarNet, float, float]:
+    """The checkpoint's network ("decar") or a seeded fresh one of the same ModelConfig
+    ("random-init"), with the checkpoint's log-mel normalisation (both see the same inputs)."""
     payload = load_checkpoint(checkpoint)
+    if model == "random-init":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = DecarNet(ModelConfig(**payload["model_config"]))
+        payload = {**payload, "encoder": fresh.encoder.state_dict(), "projection": fresh.projection.state_dict()}
+    elif model != "decar":
+        raise ValueError(f"model {model!r} has no network; networks: decar, random-init")
     norm = payload["norm"]
-    return network_from_checkpoint(payload, torch.device(device)), float(norm["mean"]), float(norm["std"])
+    return network_from_checkpoint(payload, device), float(norm["mean"]), float(norm["std"])
+
+
+@lru_cache(maxsize=2)
+def cached_network(checkpoint: str, sha256: str, device: str, model: str = "decar",
+                   seed: int = 0) -> tuple[DecarNet, float, float]:
+    """One load per worker process and checkpoint content, not one per shard (frozen use only)."""
+    return load_network(checkpoint, torch.device(device), model, seed)
 
 
 @torch.no_grad()
@@ -69,9 +85,20 @@ def extract_embedding_shard(embeddings: str, features: str, checkpoint: str, che
         return shard_record(embeddings, shard)
     maybe_crash("embed-shard")
     verify_rows(features, start, stop)  # a damaged feature shard is reported, never read as zeros
-    cap_threads(threads)
+    set_threads(threads)
     dev = resolve_device(device)
-    net, mean, std = _cached_network(checkpoint, checkpoint_sha256, str(dev))
+    net, mean, std = cached_network(checkpoint, checkpoint_sha256, str(dev))
     values = embed_rows(net, FeatureReader(features), start, stop, mean, std, batch_size, dev)
     write_embedding_shard(embeddings, shard, start, values, key, worker=f"{socket.gethostname()}:{os.getpid()}")
     return shard_record(embeddings, shard)
+
+
+@stage(name="finish-embeddings")
+def finish_embeddings(embeddings: str, shards: int, key: str, seconds: float = 0.0) -> dict:
+    """Check every shard is there, then the store's record. `seconds` (the extraction's wall
+    time) is returned so a cached rerun still reports the original timing."""
+    missing = [s for s in range(shards) if shard_record(embeddings, s) is None]
+    if missing:
+        raise RuntimeError(f"{embeddings}: shards {missing[:10]} have no completion record")
+    write_record(embeddings, key)
+    return {"embeddings": embeddings, "seconds": seconds}

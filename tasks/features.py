@@ -10,7 +10,7 @@ from model.audio import log_mel
 from model.config import FeatureConfig
 from storage.features import FAILED_STATUS, OK_STATUS, shard_done, shard_record, write_shard
 from tasks.caching import stage
-from tasks.threads import cap_threads
+from model.clustering import set_threads
 
 
 def load_mono(path: str, config: FeatureConfig) -> np.ndarray:
@@ -35,7 +35,7 @@ def compute_feature_shard(store: str, shard: int, start: int, clip_ids: list[str
     Idempotent: a shard whose record matches `key` is not recomputed."""
     if shard_done(store, shard, key):
         return shard_record(store, shard)
-    cap_threads(threads)
+    set_threads(threads)
     cfg = FeatureConfig(**config)
     n = len(paths)
     logmels = np.zeros((n, cfg.n_mels, frames), dtype=np.float16)

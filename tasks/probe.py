@@ -4,51 +4,25 @@ fine-tuning) written as a Parquet of score rows."""
 from __future__ import annotations
 
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from model.config import ModelConfig
-from model.network import DecarNet
 from model.probe import LogMelClips, finetune, logmel_statistics, train_linear_probe
 from storage.atomic import atomic_path
-from storage.checkpoint import load_checkpoint
 from storage.embeddings import read_embeddings, write_embedding_shard
 from storage.features import FeatureReader, shard_done, shard_record
 from storage.manifest import ok_rows, read_manifest
 from storage.records import is_complete, write_record
 from tasks.caching import stage
-from tasks.embed import embed_rows, network_from_checkpoint, resolve_device
-from tasks.threads import cap_threads
+from tasks.embed import cached_network, embed_rows, load_network, resolve_device
+from model.clustering import set_threads
 
 MODELS = ("decar", "random-init", "logmel-stats")
 NETWORKS = ("decar", "random-init")  # the models with an encoder (fine-tuned in finetune mode)
 SPLITS = ("train", "valid", "test")
-
-
-def load_network(checkpoint: str, model: str, seed: int, device: torch.device) -> tuple[DecarNet, float, float]:
-    """The checkpoint's network ("decar") or a seeded fresh one of the same ModelConfig ("random-init"),
-    with the checkpoint's log-mel normalisation (both see the same inputs)."""
-    payload = load_checkpoint(checkpoint)
-    if model == "random-init":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            fresh = DecarNet(ModelConfig(**payload["model_config"]))
-        payload = {**payload, "encoder": fresh.encoder.state_dict(), "projection": fresh.projection.state_dict()}
-    elif model != "decar":
-        raise ValueError(f"model {model!r} has no network; networks: {NETWORKS}")
-    norm = payload["norm"]
-    return network_from_checkpoint(payload, device), float(norm["mean"]), float(norm["std"])
-
-
-@lru_cache(maxsize=2)
-def _cached_network(checkpoint: str, sha256: str, model: str, seed: int, device: str):
-    """One load per worker process, checkpoint content and model (frozen use only: never trained)."""
-    return load_network(checkpoint, model, seed, torch.device(device))
 
 
 def logmel_rows(reader: FeatureReader, start: int, stop: int) -> np.ndarray:
@@ -66,26 +40,16 @@ def embed_benchmark_shard(embeddings: str, features: str, model: str, checkpoint
     """Frozen clip vectors of feature rows start..stop, written into the model's embeddings Zarr."""
     if shard_done(embeddings, shard, key):
         return shard_record(embeddings, shard)
-    cap_threads(threads)
+    set_threads(threads)
     reader = FeatureReader(features)
     if model == "logmel-stats":
         values = logmel_rows(reader, start, stop)
     else:
         device = resolve_device("auto")
-        net, mean, std = _cached_network(checkpoint, checkpoint_sha256, model, seed, str(device))
+        net, mean, std = cached_network(checkpoint, checkpoint_sha256, str(device), model, seed)
         values = embed_rows(net, reader, start, stop, mean, std, batch_size, device, output="represent")
     write_embedding_shard(embeddings, shard, start, values, key)
     return shard_record(embeddings, shard)
-
-
-@stage(name="finish-benchmark-embeddings")
-def finish_benchmark_embeddings(embeddings: str, shards: int, key: str) -> str:
-    """Every shard is there: then the store's completion record."""
-    missing = [s for s in range(shards) if shard_record(embeddings, s) is None]
-    if missing:
-        raise RuntimeError(f"{embeddings}: shards {missing[:10]} have no completion record")
-    write_record(embeddings, key)
-    return embeddings
 
 
 def labelled_rows(manifest: str, features: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
@@ -145,7 +109,7 @@ def evaluate_task(task: str, mode: str, manifest: str, features: str, embeddings
 def finetune_model(model: str, checkpoint: str, features: str, rows: dict, labels: dict, classes: int,
                    config: dict, seed: int) -> dict:
     device = resolve_device("auto")
-    net, mean, std = load_network(checkpoint, model, seed, device)  # a private copy: trained in place
+    net, mean, std = load_network(checkpoint, device, model, seed)  # a private copy: trained in place
     reader = FeatureReader(features)
 
     def split(s: str) -> LogMelClips:
