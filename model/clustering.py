@@ -20,6 +20,9 @@ from model.config import ClusterConfig
 EIGEN_FLOOR = 1e-6
 # Above this many points PIC's kNN graph uses an IVF index instead of exact search.
 PIC_EXACT_MAX = 50_000
+# k-means++ seeds from at most this many points per centre (a random subsample):
+# seeding is O(N k d) and the subsample finds the same components (bench/kmeans.py).
+KMEANSPP_POINTS_PER_CENTROID = 64
 
 
 def set_threads(n: int) -> None:
@@ -84,21 +87,81 @@ def _split_empty_clusters(x: np.ndarray, labels: np.ndarray, centroids: np.ndarr
     return labels
 
 
-def run_kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0) -> np.ndarray:
-    """faiss k-means on ALL points (no subsampling); exactly k non-empty clusters out."""
+def kmeans_plusplus(x: np.ndarray, k: int, seed: int = 0, trials: int | None = None,
+                    sample: int | None = None) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii; scikit-learn's variant): (k, d) centres.
+
+    Why: faiss starts from k random points, so two well-separated components often
+    share a centre and k-means never separates them (a 20-component mixture comes
+    out merged for most seeds). Each new centre is drawn with probability
+    proportional to the squared distance to the nearest chosen one; of `trials`
+    draws (default 2 + ln k), the one that lowers the potential most is kept.
+    sample: seed from this many random points instead of all (cheaper at 200k).
+    Deterministic for a seed (numpy generator; float64 cumulative sums).
+    """
+    x = _as_float32(x)
+    rng = np.random.default_rng(seed)
+    if sample is not None and sample < len(x):
+        x = x[np.sort(rng.choice(len(x), size=max(sample, k), replace=False))]
+    n, d = x.shape
+    if k > n:
+        raise ValueError(f"k-means++ with k={k} centres needs at least k points, got N={n}")
+    trials = trials or 2 + int(math.log(k))
+    sq = np.einsum("ij,ij->i", x, x)
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = rng.integers(n)
+    closest = np.maximum(sq - 2 * (x @ x[chosen[0]]) + sq[chosen[0]], 0)
+    for c in range(1, k):
+        cumulative = np.cumsum(closest, dtype=np.float64)
+        candidates = np.minimum(np.searchsorted(cumulative, rng.random(trials) * cumulative[-1]), n - 1)
+        dist = np.maximum(sq[:, None] - 2 * (x @ x[candidates].T) + sq[candidates], 0)
+        np.minimum(dist, closest[:, None], out=dist)
+        best = int(np.argmin(dist.sum(axis=0, dtype=np.float64)))
+        closest = np.ascontiguousarray(dist[:, best])
+        chosen[c] = candidates[best]
+    return x[chosen].copy()
+
+
+def _redo_seed(seed: int, attempt: int) -> int:
+    """Attempt 0 keeps the epoch's seed; later attempts get independent streams (not seed + 1,
+    which is the next epoch's seed)."""
+    return int(seed) if attempt == 0 else int(np.random.SeedSequence([int(seed), attempt]).generate_state(1)[0])
+
+
+def run_kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0, init: str = "random",
+               redo: int = 1, seeding_points: int | None = KMEANSPP_POINTS_PER_CENTROID) -> np.ndarray:
+    """faiss k-means on ALL points (no subsampling); exactly k non-empty clusters out.
+
+    init: "random" (faiss: k random points) or "kmeans++" (kmeans_plusplus, seeded from
+    at most seeding_points * k points; None = all). redo: run this many times with
+    independent seeds, keep the lowest k-means objective (faiss's nredo, also for k-means++).
+    """
     x = _as_float32(x)
     n, d = x.shape
     if k > n:
         raise ValueError(f"k-means with k={k} clusters needs at least k points, got N={n}")
-    kmeans = faiss.Kmeans(
-        d, k, niter=iterations, seed=int(seed), verbose=False,
-        max_points_per_centroid=math.ceil(n / k) + 1,  # faiss would subsample to 256 per centroid
-        min_points_per_centroid=1,  # silence the "please provide at least 39k points" warning
-    )
-    kmeans.train(x)
-    _, assignment = kmeans.index.search(x, 1)
+    if init not in ("random", "kmeans++"):
+        raise ValueError(f"unknown k-means init {init!r}: expected 'random' or 'kmeans++'")
+    best_obj, best_centroids = math.inf, None
+    for attempt in range(redo):
+        attempt_seed = _redo_seed(seed, attempt)
+        kmeans = faiss.Kmeans(
+            d, k, niter=iterations, seed=attempt_seed, verbose=False,
+            max_points_per_centroid=math.ceil(n / k) + 1,  # faiss would subsample to 256 per centroid
+            min_points_per_centroid=1,  # silence the "please provide at least 39k points" warning
+        )
+        start = None
+        if init == "kmeans++":
+            sample = None if seeding_points is None else seeding_points * k
+            start = kmeans_plusplus(x, k, attempt_seed, sample=sample)
+        obj = kmeans.train(x, init_centroids=start)
+        if best_centroids is None or obj < best_obj:
+            best_obj, best_centroids = obj, kmeans.centroids
+    index = faiss.IndexFlatL2(d)
+    index.add(best_centroids)
+    _, assignment = index.search(x, 1)
     labels = assignment[:, 0].astype(np.int64)
-    return _split_empty_clusters(x, labels, kmeans.centroids, k)
+    return _split_empty_clusters(x, labels, best_centroids, k)
 
 
 def knn_graph(x: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +265,8 @@ def cluster(x: np.ndarray, config: ClusterConfig, seed: int) -> np.ndarray:
     """Embeddings (N, d) -> pseudo-labels (N,) in 0..C-1."""
     features = preprocess_features(x, config.pca_dim)
     if config.algorithm == "kmeans":
-        return run_kmeans(features, config.clusters, config.kmeans_iterations, seed)
+        return run_kmeans(features, config.clusters, config.kmeans_iterations, seed,
+                          init=config.kmeans_init, redo=config.kmeans_redo)
     if config.algorithm == "pic":
         return run_pic(features, config.pic_neighbours, config.pic_sigma, config.pic_alpha,
                        config.pic_iterations)

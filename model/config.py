@@ -49,6 +49,10 @@ class ClusterConfig(_Config):
     clusters: int = Field(512, ge=2, description="k for k-means; PIC's count is emergent")
     pca_dim: int = Field(128, ge=2)
     kmeans_iterations: int = Field(20, ge=1)
+    kmeans_init: Literal["random", "kmeans++"] = Field(
+        "kmeans++", description="faiss's random points merge separated components; k-means++ seeding does not "
+                                "(bench/kmeans.py)")
+    kmeans_redo: int = Field(1, ge=1, description="k-means runs with independent seeds; the lowest objective wins")
     pic_neighbours: int = Field(5, ge=1)
     pic_sigma: float = Field(0.2, gt=0)
     pic_alpha: float = Field(0.001, gt=0, lt=1)
