@@ -18,27 +18,25 @@ import re
 from contextlib import ExitStack
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import flow, get_run_logger
 
 from demo.tasks import DEMO_TASKS, demo_task_folder
+from downstream import RECIPES, get_recipe
+from flows.artifacts import publish_benchmark, slug
 from flows.features import cache_features
-from flows.pretrain import DaskAddress, slug
-from flows.runners import dask_runner
-from flows.sharded import run_sharded
+from flows.runners import OnDemandCluster
+from flows.sharded import fill_shards
 from model.config import ModelConfig
 from model.network import Encoder
 from storage.checkpoint import load_checkpoint
-from storage.embeddings import create_embeddings, embeddings_laid_out
-from storage.features import FeatureReader, shard_done, shard_ranges
+from storage.embeddings import create_embeddings
+from storage.features import FeatureReader
 from storage.layout import RunLayout
 from storage.manifest import ok_rows, read_manifest
 from storage.records import file_sha256, is_complete, read_record, stable_key
 from tasks.caching import run_stage
-from tasks.probe import (MODELS, NETWORKS, SPLITS, embed_benchmark_shard, evaluate_task,
-                         write_scores)
-from tasks.embed import finish_embeddings
-from tasks.recipes import RECIPES, Recipe, get_recipe
+from tasks.embed import MODELS, NETWORKS, embed_shard, finish_embeddings
+from tasks.probe import SPLITS, evaluate_task, prepare_task, write_scores
 
 MODES = ("frozen", "finetune")
 KEY_VERSION = 1
@@ -85,14 +83,15 @@ def known_tasks() -> str:
     return ", ".join([*RECIPES, *DEMO_TASKS, "folder:<path>", "csv:<path>"])
 
 
-def resolve_task(name: str, data_dir: str) -> Recipe:
+def resolve_task(name: str, data_dir: str) -> str:
     """A recipe name, folder:<path>, csv:<path> or a demo task (generated on first use)."""
     if name in DEMO_TASKS:
-        return get_recipe(f"folder:{demo_task_folder(name, data_dir)}")
+        return f"folder:{demo_task_folder(name, data_dir)}"
     try:
-        return get_recipe(name)
+        get_recipe(name)
     except ValueError as exc:
         raise ValueError(f"tasks: unknown task {name!r}; known tasks: {known_tasks()}") from exc
+    return name
 
 
 def validate(checkpoint: str, tasks: list[str], modes: list[str], epochs: int, batch_size: int, lr: float,
@@ -121,19 +120,6 @@ def validate(checkpoint: str, tasks: list[str], modes: list[str], epochs: int, b
 
 # ---------------------------------------------------------------- stages
 
-@task(name="prepare-task")
-def prepare_task(name: str, data_dir: str, source: str | None) -> str:
-    """Fetch / list the task's clips; returns its manifest. Not cached: it re-lists the files (a changed
-    folder must count), and downloads retry and resume on their own (storage.archives)."""
-    return str(resolve_task(name, data_dir).prepare(data_dir, source))
-
-
-@flow(name="extract-benchmark-embeddings")
-def extract_benchmark_embeddings(jobs: list[dict], done: list[bool]) -> list[dict]:
-    """Runs on the Dask task runner; workers load the checkpoint themselves and write their rows."""
-    return run_sharded(embed_benchmark_shard, jobs, done, what="benchmark embeddings")
-
-
 def embedding_keys(sha256: str, payload: dict, feature_key: str, seed: int) -> dict[str, str]:
     """Each model's embedding identity: what it is computed from, never paths or run names."""
     return {"decar": stable_key(KEY_VERSION, "decar", sha256, feature_key),
@@ -143,27 +129,24 @@ def embedding_keys(sha256: str, payload: dict, feature_key: str, seed: int) -> d
 
 
 def ensure_embeddings(paths: dict[str, Path], keys: dict[str, str], features: str, checkpoint: str, sha256: str,
-                      model_config: ModelConfig, seed: int, batch_size: int, dask: DaskAddress) -> None:
-    """Extract whatever embeddings are missing (all models in one Dask subflow), then record them."""
+                      model_config: ModelConfig, seed: int, batch_size: int, device: str,
+                      cluster: OnDemandCluster) -> None:
+    """Extract whatever frozen embeddings are missing (one sharded stage per model), then record them."""
     reader = FeatureReader(features)
-    ranges = shard_ranges(len(reader), SHARD_SIZE)
     dims = {"logmel-stats": 2 * reader.logmel.shape[1]}
-    jobs, done = [], []
     for model, path in paths.items():
-        if is_complete(path, keys[model]):
-            continue
-        if not embeddings_laid_out(path, keys[model]):
+        shards = len(range(0, len(reader), SHARD_SIZE))
+        if not is_complete(path, keys[model]):
             dim = dims.get(model) or Encoder(model_config.width_mult).out_dim
-            create_embeddings(path, len(reader), dim, SHARD_SIZE, keys[model])
-        for s, (a, b) in enumerate(ranges):
-            jobs.append(dict(embeddings=str(path), features=features, model=model, checkpoint=checkpoint,
-                             checkpoint_sha256=sha256, seed=seed, shard=s, start=a, stop=b,
-                             batch_size=batch_size, key=f"{keys[model]}-{s}"))
-            done.append(shard_done(path, s, jobs[-1]["key"]))
-    if not all(done):
-        extract_benchmark_embeddings.with_options(task_runner=dask_runner(dask.get()))(jobs, done)
-    for model, path in paths.items():
-        run_stage(finish_embeddings, path, keys[model], embeddings=str(path), shards=len(ranges))
+            shards = fill_shards(
+                embed_shard.name, path, keys[model], len(reader), SHARD_SIZE,
+                create=lambda p=path, d=dim, k=keys[model]: create_embeddings(p, len(reader), d, SHARD_SIZE, k),
+                job=lambda s, a, b, p=path, m=model: dict(
+                    embeddings=str(p), features=features, model=m, output="represent", checkpoint=checkpoint,
+                    checkpoint_sha256=sha256, seed=seed, shard=s, start=a, stop=b, batch_size=batch_size,
+                    device=device),
+                cluster=cluster, what=f"benchmark embeddings ({model})")
+        run_stage(finish_embeddings, keys[model], embeddings=str(path), shards=shards)
 
 
 def label_key(manifest: str) -> str:
@@ -189,14 +172,28 @@ def check_splits(name: str, manifest: str) -> None:
 @flow(name="benchmark-downstream")
 def benchmark_downstream(checkpoint: str, tasks: list[str], modes: list[str] = ["frozen"], data_dir: str = "data",
                          epochs: int = 50, seed: int = 0, batch_size: int = 64, lr: float = 1e-3,
-                         dask_address: str | None = None, n_workers: int | None = None,
+                         device: str = "auto", dask_address: str | None = None, n_workers: int | None = None,
                          sources: dict[str, str] | None = None, results_dir: str | None = None) -> str:
-    """Evaluate a checkpoint on downstream tasks (DECAR's protocol, METHODS.md); returns the results Parquet.
+    """Evaluate a checkpoint on downstream tasks beside random init and log-mel statistics
+    (DECAR's protocol, METHODS.md); returns the results Parquet.
 
-    checkpoint: a checkpoint.pt, `<run_dir>:latest` or `<run_dir>:<epoch>`. tasks: recipe names,
-    demo-families / demo-pitch, folder:<path> or csv:<path>. modes: frozen (linear probe) and/or
-    finetune. sources: per task, a local folder or base URL for its data (recipe source override).
-    An unchanged checkpoint with the same tasks and config is a cache hit."""
+    An unchanged checkpoint with the same tasks and config is a cache hit.
+
+    Args:
+        checkpoint: a checkpoint.pt, `<run_dir>:latest` or `<run_dir>:<epoch>`.
+        tasks: recipe names (the paper's tasks), generated tasks, folder:<path> or csv:<path>.
+        modes: "frozen" (linear probe on frozen embeddings) and/or "finetune" (encoder + linear layer).
+        data_dir: where task data, features and frozen embeddings are cached.
+        epochs: training epochs of the probe / fine-tuning (the best on validation is reported).
+        seed: seeds the probes and the random-init baseline network.
+        batch_size: clips per step (and per extraction batch).
+        lr: Adam learning rate of the probe / fine-tuning.
+        device: "auto", "cpu", "cuda" or "cuda:N" for extraction and fine-tuning.
+        dask_address: an existing Dask scheduler; default: a local cluster.
+        n_workers: worker processes of the local Dask cluster.
+        sources: per task, a local folder or base URL for its data (recipe source override).
+        results_dir: where score Parquets go (default: <run>/benchmarks, or <data_dir>/benchmarks).
+    """
     logger = get_run_logger()
     path = validate(checkpoint, tasks, modes, epochs, batch_size, lr, sources)
     sha256 = file_sha256(path)
@@ -208,9 +205,9 @@ def benchmark_downstream(checkpoint: str, tasks: list[str], modes: list[str] = [
     logger.info("benchmark-downstream: %s (sha256 %s) on %s, modes %s", path, sha256[:12], tasks, modes)
     rows: list[dict] = []
     with ExitStack() as stack:
-        dask = DaskAddress(dask_address, n_workers, stack)  # a local cluster only if something is extracted
+        cluster = OnDemandCluster(dask_address, n_workers, stack)  # started only if something is extracted
         for task_name in dict.fromkeys(tasks):
-            manifest = prepare_task(task_name, data_dir, (sources or {}).get(task_name))
+            manifest = prepare_task(resolve_task(task_name, data_dir), data_dir, (sources or {}).get(task_name))
             check_splits(task_name, manifest)
             features = cache_features(manifest, data_dir, dask_address=dask_address, n_workers=n_workers)
             feature_key = FeatureReader(features).attrs["feature_key"]
@@ -222,48 +219,19 @@ def benchmark_downstream(checkpoint: str, tasks: list[str], modes: list[str] = [
                 output = out_dir / name / f"{file_label(task_name, manifest)}-{mode}.parquet"
                 if mode == "frozen" and not is_complete(output, key):
                     ensure_embeddings(paths, keys, features, str(path), sha256,
-                                      ModelConfig(**payload["model_config"]), seed, batch_size, dask)
-                rows += run_stage(evaluate_task, output, key, task=task_name, mode=mode, manifest=manifest,
+                                      ModelConfig(**payload["model_config"]), seed, batch_size, device, cluster)
+                rows += run_stage(evaluate_task, key, task=task_name, mode=mode, manifest=manifest,
                                   features=features, embeddings={m: str(p) for m, p in paths.items()},
                                   checkpoint=str(path), checkpoint_sha256=sha256, config=config, seed=seed,
-                                  output=str(output))
+                                  output=str(output), device=device)
     results = out_dir / f"{name}.parquet"
     write_scores(results, rows)
     title = f"{run_dir.name}-{name}" if run_dir else name  # artifact keys are global: name the run too
-    publish(rows, title, {t: paper_scores_of(t) for t in tasks}, results)
+    publish_benchmark(rows, title, {t: paper_scores_of(t) for t in tasks}, results, MODELS)
     logger.info("benchmark-downstream: %d score rows -> %s", len(rows), results)
     return str(results)
 
 
-# ---------------------------------------------------------------- UI
-
 def paper_scores_of(task_name: str) -> dict | None:
     recipe = RECIPES.get(task_name)
     return recipe.paper_scores if recipe else None
-
-
-def paper_score(scores: dict | None, row: dict) -> float | None:
-    """DECAR Table 2 (test accuracy %) for this row, where the paper has one."""
-    prefix = {"decar": "decar", "random-init": "random"}.get(row["model"])
-    if not scores or not prefix:
-        return None
-    return scores.get(f"{prefix}_{'frozen' if row['mode'] == 'frozen' else 'finetuned'}")
-
-
-def publish(rows: list[dict], name: str, paper: dict[str, dict | None], results: Path) -> None:
-    table = [{"task": r["task"], "mode": r["mode"], "model": r["model"],
-              "accuracy_%": round(100 * r["accuracy"], 1), "macro_f1": round(r["macro_f1"], 3),
-              "valid_accuracy_%": round(100 * r["valid_accuracy"], 1), "best_epoch": r["best_epoch"],
-              "paper_accuracy_%": paper_score(paper.get(r["task"]), r)} for r in rows]
-    create_table_artifact(table, key=f"benchmark-{slug(name)}",
-                          description=f"benchmark-downstream {name}: test scores of the model chosen on "
-                                      "validation, beside DECAR Table 2 where the task is the paper's")
-    lines = [f"# benchmark-downstream `{name}`", "", f"Results: `{results}`", "",
-             "| task | mode | decar | random-init | logmel-stats |", "|---|---|---|---|---|"]
-    for task_name in dict.fromkeys(r["task"] for r in rows):
-        for mode in dict.fromkeys(r["mode"] for r in rows if r["task"] == task_name):
-            cells = {r["model"]: f"{100 * r['accuracy']:.1f} % (F1 {r['macro_f1']:.2f})"
-                     for r in rows if r["task"] == task_name and r["mode"] == mode}
-            lines.append(f"| {task_name} | {mode} | " + " | ".join(cells.get(m, "-") for m in MODELS) + " |")
-    lines += ["", "Test accuracy (macro-F1) of the epoch with the best validation accuracy."]
-    create_markdown_artifact("\n".join(lines) + "\n", key=f"benchmark-{slug(name)}-summary")

@@ -10,9 +10,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.pretrain import cluster_epoch
-from flows.run_config import cluster_config, epoch_keys, read_run_config
-from storage.atomic import remove, write_json
+from flows.epoch import cluster_epoch
+from flows.run_config import epoch_keys, read_run_config, write_run_config
+from storage.atomic import remove
 from storage.features import FeatureReader
 from storage.layout import RunLayout
 from storage.locks import DirectoryLock
@@ -36,7 +36,14 @@ def invalidate_after(run: RunLayout, epoch: int) -> list[str]:
 
 @flow(name="recluster")
 def recluster(run_dir: str, epoch: int, clusters: int | None = None, algorithm: str | None = None) -> str:
-    """Recluster epoch `epoch` of a pretrain-decar run; returns the labels file's path."""
+    """Recluster epoch `epoch` of a pretrain-decar run; returns the labels file's path.
+
+    Args:
+        run_dir: the run's folder (runs/<run_name>).
+        epoch: the epoch whose embeddings are clustered again.
+        clusters: a new k for that epoch (default: the run's).
+        algorithm: "kmeans" or "pic" for that epoch (default: the run's).
+    """
     logger = get_run_logger()
     run = RunLayout(run_dir)
     config = read_run_config(run)
@@ -48,19 +55,19 @@ def recluster(run_dir: str, epoch: int, clusters: int | None = None, algorithm: 
     if old_keys is None or not is_complete(run.embeddings(epoch), old_keys.extract):
         raise ValueError(f"epoch {epoch} of {run_dir} has no complete embeddings: "
                          "run pretrain-decar up to that epoch first")
-    reader = FeatureReader(config["features"])
-    if clusters is not None and clusters > len(reader.usable):
-        raise ValueError(f"clusters ({clusters}) is larger than the number of usable clips ({len(reader.usable)})")
+    usable = len(FeatureReader(config.features).usable)
+    if clusters is not None and clusters > usable:
+        raise ValueError(f"clusters ({clusters}) is larger than the number of usable clips ({usable})")
 
     with DirectoryLock(run.root):
-        override = dict(config.get("cluster_overrides", {}).get(str(epoch), {}))
+        override = dict(config.cluster_overrides.get(str(epoch), {}))
         override.update({k: v for k, v in (("clusters", clusters), ("algorithm", algorithm)) if v is not None})
-        config = {**config, "cluster_overrides": {**config.get("cluster_overrides", {}), str(epoch): override}}
-        cluster_config(config, epoch)  # validates the override before anything is written
+        config = config.model_copy(update={"cluster_overrides": {**config.cluster_overrides, str(epoch): override}})
+        config.cluster_at(epoch)  # validates the override before anything is written
         keys = epoch_keys(config, epoch)[epoch]
         removed = invalidate_after(run, epoch) if keys.cluster != old_keys.cluster else []
-        write_json(run.config, config)
-        clustered, compared = cluster_epoch(run, config, epoch, keys, config["features"])
+        write_run_config(run, config)
+        clustered, compared = cluster_epoch(run, config, epoch, keys)
 
     logger.info("recluster epoch %d (%s): %d clusters, largest %.1f%%, NMI vs previous epoch %s; "
                 "invalidated %d later outputs", epoch, clustered["algorithm"], compared["clusters"],

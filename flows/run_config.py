@@ -9,36 +9,45 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.config import ClusterConfig
+from model.config import RunConfig
 from storage.atomic import read_json, write_json
 from storage.layout import RunLayout
 from storage.records import stable_key
 
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: the embedding shard size is part of the extraction key
 
 
 class ConfigMismatch(ValueError):
     pass
 
 
-def freeze_run_config(run: RunLayout, identity: dict, force: bool = False) -> dict:
+def freeze_run_config(run: RunLayout, config: RunConfig, force: bool = False) -> RunConfig:
     """Write run.json on first use; later, refuse a different identity unless forced.
 
-    Per-epoch clustering overrides written by `recluster` are kept."""
+    Per-epoch clustering overrides written by `recluster` are kept (dropped when forced to a new config)."""
     if run.config.exists():
         stored = read_json(run.config)
         old = flatten({k: v for k, v in stored.items() if k != "cluster_overrides"})
-        new = flatten(identity)
+        new = flatten(config.identity())
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed and not force:
             details = "; ".join(f"{k}: run has {old.get(k)!r}, asked {new.get(k)!r}" for k in changed)
             raise ConfigMismatch(f"run {run.root} was started with another config ({details}). "
                                  "Use another run_name, or force_config=True to continue with the new one.")
-        identity = {**identity, "cluster_overrides": {} if changed else stored.get("cluster_overrides", {})}
-    else:
-        identity = {**identity, "cluster_overrides": {}}
-    write_json(run.config, identity)
-    return identity
+        if not changed:
+            config = config.model_copy(update={"cluster_overrides": stored.get("cluster_overrides", {})})
+    write_run_config(run, config)
+    return config
+
+
+def write_run_config(run: RunLayout, config: RunConfig) -> None:
+    write_json(run.config, config.model_dump(mode="json"))
+
+
+def read_run_config(run: RunLayout) -> RunConfig:
+    if not run.config.exists():
+        raise FileNotFoundError(f"{run.root} is not a pretrain-decar run: {run.config} is missing")
+    return RunConfig(**read_json(run.config))
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
@@ -52,17 +61,6 @@ def flatten(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def read_run_config(run: RunLayout) -> dict:
-    if not run.config.exists():
-        raise FileNotFoundError(f"{run.root} is not a pretrain-decar run: {run.config} is missing")
-    return read_json(run.config)
-
-
-def cluster_config(config: dict, epoch: int) -> ClusterConfig:
-    override = config.get("cluster_overrides", {}).get(str(epoch), {})
-    return ClusterConfig(**{**config["cluster"], **override})
-
-
 @dataclass(frozen=True)
 class EpochKeys:
     extract: str
@@ -71,20 +69,19 @@ class EpochKeys:
     train: str
 
 
-def initial_key(config: dict) -> str:
-    return stable_key(KEY_VERSION, "init", config["feature_key"], config["model"], config["seed"])
+def initial_key(config: RunConfig) -> str:
+    return stable_key(KEY_VERSION, "init", config.feature_key, config.model.model_dump(), config.seed)
 
 
-def epoch_keys(config: dict, last_epoch: int) -> list[EpochKeys]:
+def epoch_keys(config: RunConfig, last_epoch: int) -> list[EpochKeys]:
     """Keys of epochs 0..last_epoch."""
     out: list[EpochKeys] = []
     checkpoint, previous_cluster = initial_key(config), None
     for t in range(last_epoch + 1):
-        extract = stable_key(KEY_VERSION, "extract", config["feature_key"], checkpoint)
-        cluster = stable_key(KEY_VERSION, "cluster", extract, cluster_config(config, t).model_dump(),
-                             config["seed"], t)
+        extract = stable_key(KEY_VERSION, "extract", config.feature_key, checkpoint, config.embed_shard_size)
+        cluster = stable_key(KEY_VERSION, "cluster", extract, config.cluster_at(t).model_dump(), config.seed, t)
         compare = stable_key(KEY_VERSION, "compare", cluster, previous_cluster)
-        checkpoint = stable_key(KEY_VERSION, "train", cluster, checkpoint, config["train"], config["seed"], t)
+        checkpoint = stable_key(KEY_VERSION, "train", cluster, checkpoint, config.train.model_dump(), config.seed, t)
         out.append(EpochKeys(extract, cluster, compare, checkpoint))
         previous_cluster = cluster
     return out

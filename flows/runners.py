@@ -1,21 +1,11 @@
-"""The Dask task runner: a local cluster by default, an existing scheduler when an address is given."""
+"""Where shard stages run: an existing Dask scheduler, or a local cluster started on first need."""
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from prefect_dask import DaskTaskRunner
-
-
-def dask_runner(address: str | None = None, n_workers: int | None = None) -> DaskTaskRunner:
-    address = address or os.environ.get("DECAR_DASK_ADDRESS") or None
-    if address:
-        return DaskTaskRunner(address=address)
-    workers = n_workers or max(1, min(4, os.cpu_count() or 1))
-    # One thread per worker process: torch and faiss threads are capped inside tasks too.
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": ":0"})
 
 
 @contextmanager
@@ -24,6 +14,24 @@ def local_cluster(n_workers: int | None = None) -> Iterator[str]:
     from distributed import LocalCluster
 
     workers = n_workers or max(1, min(4, os.cpu_count() or 1))
+    # One thread per worker process: torch and faiss threads are capped inside tasks too.
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster:
         yield cluster.scheduler_address
+
+
+class OnDemandCluster:
+    """The scheduler to use: `address` (or $DECAR_DASK_ADDRESS), else a local cluster started the
+    first time a shard stage needs one and closed with `stack` (a cached run starts none)."""
+
+    def __init__(self, address: str | None, n_workers: int | None, stack: ExitStack):
+        self._address = address or os.environ.get("DECAR_DASK_ADDRESS") or None
+        self.n_workers, self.stack = n_workers, stack
+
+    def address(self) -> str:
+        if not self._address:
+            self._address = self.stack.enter_context(local_cluster(self.n_workers))
+        return self._address
+
+    def task_runner(self) -> DaskTaskRunner:
+        return DaskTaskRunner(address=self.address())

@@ -1,17 +1,53 @@
-"""Map a stage over shards on the flow's task runner, with progress and resubmission.
+"""One way to run a sharded stage: lay out the store -> one job per shard -> skip the done ones ->
+the rest as tasks of a `map-shards` subflow on the Dask runner, with progress and resubmission.
 
-A Dask worker that dies under a task makes Dask raise KilledWorker (and the
-Prefect task run may never leave RUNNING): shard tasks are idempotent, so a
-failed shard is simply submitted again, up to `attempts` times.
+A Dask worker that dies under a task makes Dask raise KilledWorker (and the Prefect task run may
+never leave RUNNING): shard tasks are idempotent, so a failed shard is simply submitted again,
+up to `attempts` times.
 """
 from __future__ import annotations
 
-from prefect import get_run_logger
+from pathlib import Path
+from typing import Callable
+
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
+from flows.runners import OnDemandCluster
 from storage.faults import maybe_crash
+from storage.sharded import laid_out, shard_done, shard_ranges
 from tasks.caching import submit_stage
+from tasks.embed import embed_shard
+from tasks.features import compute_feature_shard
+
+SHARD_STAGES = {stage.name: stage for stage in (embed_shard, compute_feature_shard)}
+
+
+def fill_shards(stage: str, store: str | Path, key: str, rows: int, shard_size: int, create: Callable[[], None],
+                job: Callable[[int, int, int], dict], cluster: OnDemandCluster, what: str,
+                key_attr: str = "key") -> int:
+    """Make every shard of `store` done for `key`; returns the number of shards.
+
+    `create()` lays the store out (called unless it is laid out for `key`); `job(shard, start, stop)`
+    gives a shard's parameters for the stage (its key is added here); `what` names the work in
+    logs, progress and fault points."""
+    ranges = shard_ranges(rows, shard_size)
+    if not laid_out(store, key, key_attr):
+        create()
+    jobs = [{**job(s, a, b), "key": f"{key}-{s}"} for s, (a, b) in enumerate(ranges)]
+    done = [shard_done(store, s, j["key"]) for s, j in enumerate(jobs)]
+    get_run_logger().info("%s: %d rows in %d shards (%d already done) -> %s", what, rows, len(jobs), sum(done),
+                          store)
+    if not all(done):
+        map_shards.with_options(task_runner=cluster.task_runner())(stage, jobs, done, what)
+    return len(ranges)
+
+
+@flow(name="map-shards", flow_run_name="{what}")
+def map_shards(stage: str, jobs: list[dict], done: list[bool], what: str) -> list:
+    """Runs on the Dask task runner: each worker writes only its own shards."""
+    return run_sharded(SHARD_STAGES[stage], jobs, done, what)
 
 
 def run_sharded(stage_task, jobs: list[dict], done: list[bool], what: str, attempts: int = 3) -> list:

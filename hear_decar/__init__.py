@@ -63,14 +63,11 @@ def load_model(path: str | Path | None = None, width_mult: float = 1.0,
                mean: float = 0.0, std: float = 1.0) -> DecarEmbedding:
     """A decar-checkpoint-v1 file's encoder; None or "" gives a random-init encoder (baseline rows),
     normalising log-mels with `mean` / `std` (pass the task data's: random weights saturate otherwise)."""
-    if not path:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # the random baseline is the same network every time
-            net = DecarNet(ModelConfig(width_mult=width_mult))
+    if not path:  # the random baseline is the same network every time
+        net = DecarNet.random_init(ModelConfig(width_mult=width_mult), seed=0)
         return DecarEmbedding(net.encoder, FeatureConfig(), mean=mean, std=std)
     checkpoint = load_checkpoint(path)
-    net = DecarNet(ModelConfig(**checkpoint["model_config"]))
-    net.encoder.load_state_dict(checkpoint["encoder"])
+    net = DecarNet.from_checkpoint(checkpoint)
     norm = checkpoint.get("norm") or {}
     return DecarEmbedding(net.encoder, FeatureConfig(**checkpoint["feature_config"]),
                           mean=float(norm.get("mean", 0.0)), std=float(norm.get("std", 1.0)))

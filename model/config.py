@@ -72,3 +72,27 @@ class TrainConfig(_Config):
     time_mask_frames: int = Field(40, ge=0)
     time_warp: int = Field(5, ge=0)
     samples_per_epoch: int | None = Field(None, ge=1, description="draws per epoch; None = number of clips")
+
+
+class RunConfig(_Config):
+    """Everything a pre-training run's outputs depend on; frozen in the run's run.json.
+
+    The stage keys are computed from it (flows/run_config.py); `cluster_overrides` holds the
+    per-epoch clustering changes made by `recluster` ({"3": {"clusters": 1024}})."""
+
+    features: str = Field(description="the feature store's resolved path")
+    feature_key: str = Field(description="the feature store's content key")
+    model: ModelConfig = ModelConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+    embed_shard_size: int = Field(256, ge=1, description="clips per embedding shard (one Dask task each)")
+    cluster_overrides: dict[str, dict] = Field(default_factory=dict)
+
+    def cluster_at(self, epoch: int) -> ClusterConfig:
+        """Epoch `epoch`'s clustering: the run's, with that epoch's override applied."""
+        return ClusterConfig(**{**self.cluster.model_dump(), **self.cluster_overrides.get(str(epoch), {})})
+
+    def identity(self) -> dict:
+        """What a resumed run must agree on (overrides are the run's own history, not its identity)."""
+        return self.model_dump(exclude={"cluster_overrides"})

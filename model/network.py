@@ -40,6 +40,26 @@ class DecarNet(nn.Module):
         if clusters:
             self.reset_head(clusters)
 
+    @classmethod
+    def random_init(cls, config: ModelConfig, seed: int) -> "DecarNet":
+        """A fresh network, the same for the same seed, without touching the caller's RNG."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(config)
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict, device: torch.device | str = "cpu") -> "DecarNet":
+        """The network of a loaded checkpoint (encoder f and projection g; the head is per epoch), in eval mode."""
+        net = cls(ModelConfig(**payload["model_config"]))
+        net.encoder.load_state_dict(payload["encoder"])
+        net.projection.load_state_dict(payload["projection"])
+        return net.to(device).eval()
+
+    def state(self) -> dict:
+        """The tensors a checkpoint holds (encoder, projection, head or None)."""
+        return {"encoder": self.encoder.state_dict(), "projection": self.projection.state_dict(),
+                "head": None if self.head is None else self.head.state_dict()}
+
     def reset_head(self, clusters: int) -> nn.Linear:
         """A fresh prediction head p: weights N(0, 0.01), zero bias (DeepCluster/DECAR)."""
         head = nn.Linear(self.config.embedding_dim, clusters)

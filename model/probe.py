@@ -11,6 +11,9 @@ from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from model.data import pad_batch
+from model.network import add_channel
+
 
 def standardise(train_x: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     """Scale every split with the train split's mean/std per dimension. Needed because a random-init
@@ -72,28 +75,6 @@ def train_linear_probe(train_x, train_y, valid_x, valid_y, test_x, test_y, epoch
     return {"accuracy": accuracy, "macro_f1": macro_f1, "valid_accuracy": best[0], "best_epoch": best[1]}
 
 
-class LogMelClips(Dataset):
-    """(normalised log-mel (n_mels, frames) float32 array, label) pairs; `load(i)` gives clip i's log-mel."""
-
-    def __init__(self, load, labels: np.ndarray):
-        self.load, self.labels = load, np.asarray(labels)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return torch.as_tensor(self.load(i)), int(self.labels[i])
-
-
-def pad_clips(items):
-    """Zero-pad to the longest clip of the batch (zero is the data mean after normalising)."""
-    width = max(x.shape[1] for x, _ in items)
-    batch = torch.zeros(len(items), items[0][0].shape[0], width)
-    for i, (x, _) in enumerate(items):
-        batch[i, :, : x.shape[1]] = x
-    return batch.unsqueeze(1), torch.tensor([y for _, y in items])
-
-
 class _Classifier(nn.Module):
     def __init__(self, encoder: nn.Module, classes: int):
         super().__init__()
@@ -107,8 +88,8 @@ class _Classifier(nn.Module):
 def _predict(model: nn.Module, data: Dataset, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     predictions, labels = [], []
-    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=pad_clips):
-        predictions.append(model(x.to(device)).argmax(1).cpu().numpy())
+    for x, _, y in DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=pad_batch):
+        predictions.append(model(add_channel(x).to(device)).argmax(1).cpu().numpy())
         labels.append(y.numpy())
     return (np.concatenate(labels), np.concatenate(predictions)) if labels else (np.zeros(0), np.zeros(0))
 
@@ -126,14 +107,14 @@ def finetune(encoder: nn.Module, train: Dataset, valid: Dataset, test: Dataset, 
         torch.manual_seed(seed)
         model = _Classifier(encoder, classes).to(device)
         generator = torch.Generator().manual_seed(seed)
-        loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=pad_clips)
+        loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=pad_batch)
         optimiser = torch.optim.Adam(model.parameters(), lr=lr)
         loss_fn = nn.CrossEntropyLoss()
         best = (-1.0, 0, None)
         for epoch in range(1, epochs + 1):
             model.train()
-            for x, y in loader:
-                loss = loss_fn(model(x.to(device)), y.to(device))
+            for x, _, y in loader:
+                loss = loss_fn(model(add_channel(x).to(device)), y.to(device))
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()

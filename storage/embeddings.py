@@ -11,9 +11,7 @@ import numpy as np
 import zarr
 
 from storage.atomic import remove
-from storage.features import laid_out, shard_marker
-from storage.integrity import shard_checksums
-from storage.records import write_record
+from storage.sharded import laid_out, write_shard_record
 
 
 def create_embeddings(path: str | Path, rows: int, dim: int, shard_size: int, key: str) -> None:
@@ -30,8 +28,7 @@ def embeddings_laid_out(path: str | Path, key: str) -> bool:
 def write_embedding_shard(path: str | Path, shard: int, start: int, values: np.ndarray, key: str,
                           **info) -> None:
     zarr.open_group(path, mode="r+")["embedding"][start:start + len(values)] = values.astype(np.float32)
-    files = shard_checksums(path, ("embedding",), start, start + len(values))
-    write_record(shard_marker(path, shard), key, start=start, stop=start + len(values), files=files, **info)
+    write_shard_record(path, shard, start, start + len(values), ("embedding",), key, **info)
 
 
 def read_embeddings(path: str | Path, rows: np.ndarray | None = None) -> np.ndarray:

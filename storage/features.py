@@ -6,9 +6,7 @@
     clip_id (N,) str
     attrs   feature config, manifest key, feature key, mean/std (when complete)
 
-Shard s holds clips [s*S, (s+1)*S). Each shard is written whole by one writer,
-so parallel writers never touch the same file. A shard is done when its record
-`shards/shard-NNNNN.done.json` exists with the store's key.
+Shard s holds clips [s*S, (s+1)*S), written whole by one writer (storage/sharded.py).
 """
 from __future__ import annotations
 
@@ -19,18 +17,9 @@ import numpy as np
 import zarr
 
 from storage.atomic import remove
-from storage.integrity import shard_checksums
-from storage.records import read_record, write_record
+from storage.sharded import write_shard_record
 
 OK_STATUS, FAILED_STATUS = 0, 1
-
-
-def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
-
-
-def shard_marker(store: str | Path, shard: int) -> Path:
-    return Path(store) / "shards" / f"shard-{shard:05d}"
 
 
 def create_store(store: str | Path, clip_ids: list[str], n_mels: int, frames: int,
@@ -50,16 +39,6 @@ def create_store(store: str | Path, clip_ids: list[str], n_mels: int, frames: in
     group.attrs.update({**attrs, "shard_size": shard_size, "layout_complete": True})
 
 
-def laid_out(store: str | Path, key: str, key_attr: str = "feature_key") -> bool:
-    """Whether a sharded store was fully created for `key` (a killed creation is redone)."""
-    try:
-        attrs = zarr.open_group(store, mode="r").attrs.asdict()
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
-        return False
-    return attrs.get("layout_complete") is True and attrs.get(key_attr) == key
-
-
-
 def write_shard(store: str | Path, shard: int, start: int, logmels: np.ndarray,
                 lengths: np.ndarray, status: np.ndarray, key: str, **stats) -> None:
     """Write one whole shard, then its completion record (with its statistics)."""
@@ -68,17 +47,7 @@ def write_shard(store: str | Path, shard: int, start: int, logmels: np.ndarray,
     group["logmel"][start:stop] = logmels.astype(np.float16)
     group["length"][start:stop] = lengths.astype(np.int32)
     group["status"][start:stop] = status.astype(np.int8)
-    files = shard_checksums(store, ("logmel", "length", "status"), start, stop)
-    write_record(shard_marker(store, shard), key, start=start, stop=stop, files=files, **stats)
-
-
-def shard_done(store: str | Path, shard: int, key: str) -> bool:
-    record = read_record(shard_marker(store, shard))
-    return record is not None and record.get("key") == key
-
-
-def shard_record(store: str | Path, shard: int) -> dict | None:
-    return read_record(shard_marker(store, shard))
+    write_shard_record(store, shard, start, stop, ("logmel", "length", "status"), key, **stats)
 
 
 def finalize_store(store: str | Path, **attrs) -> None:
@@ -120,6 +89,11 @@ class FeatureReader:
     def get(self, i: int) -> np.ndarray:
         n = int(self.lengths[i])
         return np.asarray(self.logmel[i, :, :n], dtype=np.float32)
+
+    def batches(self, start: int, stop: int, batch_size: int):
+        """Rows start..stop in order, `batch_size` at a time, as get_many gives them."""
+        for a in range(start, stop, batch_size):
+            yield self.get_many(a, min(a + batch_size, stop))
 
     def get_many(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Contiguous rows (padded to the longest) and their lengths: fast sequential reads."""

@@ -20,15 +20,25 @@ def _key_from_parameters(context, parameters: dict) -> str:
     return f"{context.task.name}-{parameters['key']}"
 
 
-def stage(**task_options):
-    """Decorator for a cached, resumable stage task (its function takes `key`)."""
+def stage(output: str | None = None, **task_options):
+    """Decorator for a cached, resumable stage task (its function takes `key`).
+
+    `output` names the parameter holding the path the stage completes (its record is checked
+    before Prefect's cache is trusted), so call sites pass the path once."""
     options = dict(cache_key_fn=_key_from_parameters, persist_result=True, result_serializer="json")
     options.update(task_options)
-    return task(**options)
+
+    def decorate(fn) -> Task:
+        stage_task = task(**options)(fn)
+        stage_task.output_parameter = output
+        return stage_task
+
+    return decorate
 
 
-def run_stage(stage_task: Task, output: str | Path, key: str, /, **parameters: Any) -> Any:
-    """Call a stage in this process; Prefect's cache is used only if `output` is complete for `key`."""
+def run_stage(stage_task: Task, key: str, /, **parameters: Any) -> Any:
+    """Call a stage in this process; Prefect's cache is used only if its output is complete for `key`."""
+    output = parameters[stage_task.output_parameter]
     return stage_task.with_options(refresh_cache=not is_complete(output, key))(key=key, **parameters)
 
 

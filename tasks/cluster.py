@@ -8,21 +8,22 @@ import numpy as np
 
 from model.clustering import cluster, cluster_stats, nmi
 from model.config import ClusterConfig
+from model.decar import cluster_seed
+from model.runtime import set_threads
 from storage.atomic import write_json
 from storage.embeddings import read_embeddings
 from storage.faults import maybe_crash
 from storage.features import FeatureReader
-from storage.integrity import verify_store
 from storage.labels import read_labels, write_labels
 from storage.records import write_record
+from storage.sharded import verify_store
 from tasks.caching import stage
-from model.clustering import set_threads
 
 
-@stage(name="cluster-embeddings")
+@stage(name="cluster-embeddings", output="labels")
 def cluster_embeddings(embeddings: str, features: str, labels: str, config: dict, seed: int,
                        epoch: int, key: str, threads: int = 0) -> dict:
-    """Cluster the usable clips' embeddings and write this epoch's labels."""
+    """Cluster the usable clips' embeddings and write this epoch's labels (`seed`: the run's)."""
     if threads:
         set_threads(threads)
     cfg = ClusterConfig(**config)
@@ -30,7 +31,7 @@ def cluster_embeddings(embeddings: str, features: str, labels: str, config: dict
     rows = reader.usable
     started = time.perf_counter()
     verify_store(embeddings)
-    assignment = cluster(read_embeddings(embeddings, rows), cfg, seed)
+    assignment = cluster(read_embeddings(embeddings, rows), cfg, cluster_seed(seed, epoch))
     maybe_crash("cluster")
     write_labels(labels, [reader.clip_ids[r] for r in rows], rows, assignment, epoch, cfg.algorithm)
     stats = cluster_stats(assignment)
@@ -38,7 +39,7 @@ def cluster_embeddings(embeddings: str, features: str, labels: str, config: dict
     return {"labels": labels, "algorithm": cfg.algorithm, "seconds": time.perf_counter() - started, **stats}
 
 
-@stage(name="compare-labels")
+@stage(name="compare-labels", output="output")
 def compare_labels(labels: str, previous: str | None, output: str, key: str) -> dict:
     """NMI between this epoch's and the previous epoch's labels (matched by clip id), and sizes."""
     clip_ids, current, _ = read_labels(labels)

@@ -1,4 +1,6 @@
-"""Embedding extraction: one shard of the feature store through the network in eval mode."""
+"""Embedding stages: one shard of a feature store through a frozen network (or its log-mel
+statistics) into an embedding store, and the store's completion. Pre-training (z of each epoch)
+and the benchmark (h of each model) use the same shard task."""
 from __future__ import annotations
 
 import os
@@ -9,30 +11,20 @@ import numpy as np
 import torch
 
 from model.config import ModelConfig
-from model.network import DecarNet, add_channel
+from model.decar import embed
+from model.network import DecarNet
+from model.probe import logmel_statistics
+from model.runtime import resolve_device, set_threads
 from storage.checkpoint import load_checkpoint
 from storage.embeddings import write_embedding_shard
 from storage.faults import maybe_crash
-from storage.features import FeatureReader, shard_done, shard_record
+from storage.features import FeatureReader
 from storage.records import write_record
-from storage.integrity import verify_rows
+from storage.sharded import shard_done, shard_record, verify_rows
 from tasks.caching import stage
-from model.clustering import set_threads
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no GPU here; use 'cpu' or 'auto'")
-    return torch.device(device)
-
-
-def network_from_checkpoint(payload: dict, device: torch.device) -> DecarNet:
-    net = DecarNet(ModelConfig(**payload["model_config"]))
-    net.encoder.load_state_dict(payload["encoder"])
-    net.projection.load_state_dict(payload["projection"])
-    return net.to(device).eval()
+MODELS = ("decar", "random-init", "logmel-stats")
+NETWORKS = ("decar", "random-init")  # the models with an encoder
 
 
 def load_network(checkpoint: str, device: torch.device, model: str = "decar",
@@ -41,14 +33,12 @@ def load_network(checkpoint: str, device: torch.device, model: str = "decar",
     ("random-init"), with the checkpoint's log-mel normalisation (both see the same inputs)."""
     payload = load_checkpoint(checkpoint)
     if model == "random-init":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            fresh = DecarNet(ModelConfig(**payload["model_config"]))
-        payload = {**payload, "encoder": fresh.encoder.state_dict(), "projection": fresh.projection.state_dict()}
-    elif model != "decar":
-        raise ValueError(f"model {model!r} has no network; networks: decar, random-init")
-    norm = payload["norm"]
-    return network_from_checkpoint(payload, device), float(norm["mean"]), float(norm["std"])
+        net = DecarNet.random_init(ModelConfig(**payload["model_config"]), seed).to(device).eval()
+    elif model == "decar":
+        net = DecarNet.from_checkpoint(payload, device)
+    else:
+        raise ValueError(f"model {model!r} has no network; networks: {', '.join(NETWORKS)}")
+    return net, float(payload["norm"]["mean"]), float(payload["norm"]["std"])
 
 
 @lru_cache(maxsize=2)
@@ -58,42 +48,40 @@ def cached_network(checkpoint: str, sha256: str, device: str, model: str = "deca
     return load_network(checkpoint, torch.device(device), model, seed)
 
 
-@torch.no_grad()
-def embed_rows(net: DecarNet, reader: FeatureReader, start: int, stop: int, mean: float, std: float,
-               batch_size: int, device: torch.device, output: str = "embed") -> np.ndarray:
-    """Rows start..stop in store order (never shuffled: row i must stay clip i)."""
-    forward = net.embed if output == "embed" else net.represent
-    parts = []
-    for a in range(start, stop, batch_size):
-        b = min(a + batch_size, stop)
-        batch, lengths = reader.get_many(a, b)
-        out = np.zeros((b - a, net.config.embedding_dim if output == "embed" else net.encoder.out_dim),
-                       np.float32)
-        valid = np.flatnonzero(lengths > 0)
-        if valid.size:
-            x = (torch.from_numpy(batch[valid]) - mean) / std
-            out[valid] = forward(add_channel(x).to(device)).float().cpu().numpy()
-        parts.append(out)
-    return np.concatenate(parts) if parts else np.zeros((0, net.config.embedding_dim), np.float32)
+def logmel_rows(reader: FeatureReader, start: int, stop: int) -> np.ndarray:
+    """The log-mel statistics baseline's vectors of rows start..stop (zero for clips without features)."""
+    out = np.zeros((stop - start, 2 * reader.logmel.shape[1]), np.float32)
+    for i in range(start, stop):
+        if reader.lengths[i] > 0:
+            out[i - start] = logmel_statistics(reader.get(i))
+    return out
 
 
-@stage(name="extract-embedding-shard", retries=1, retry_delay_seconds=2)
-def extract_embedding_shard(embeddings: str, features: str, checkpoint: str, checkpoint_sha256: str,
-                            shard: int, start: int, stop: int, batch_size: int, device: str,
-                            key: str, threads: int = 1) -> dict:
+@stage(name="embed-shard", retries=1, retry_delay_seconds=2)
+def embed_shard(embeddings: str, features: str, checkpoint: str, checkpoint_sha256: str, shard: int, start: int,
+                stop: int, batch_size: int, device: str, key: str, model: str = "decar", output: str = "embed",
+                seed: int = 0, threads: int = 1) -> dict:
+    """Vectors of feature rows start..stop written into shard `shard` of `embeddings`.
+
+    model: decar (the checkpoint), random-init (seeded, same config) or logmel-stats; output: "embed"
+    (z, what pre-training clusters) or "represent" (h, what the benchmark probes)."""
     if shard_done(embeddings, shard, key):
         return shard_record(embeddings, shard)
     maybe_crash("embed-shard")
     verify_rows(features, start, stop)  # a damaged feature shard is reported, never read as zeros
     set_threads(threads)
-    dev = resolve_device(device)
-    net, mean, std = cached_network(checkpoint, checkpoint_sha256, str(dev))
-    values = embed_rows(net, FeatureReader(features), start, stop, mean, std, batch_size, dev)
+    reader = FeatureReader(features)
+    if model == "logmel-stats":
+        values = logmel_rows(reader, start, stop)
+    else:
+        dev = resolve_device(device)
+        net, mean, std = cached_network(checkpoint, checkpoint_sha256, str(dev), model, seed)
+        values = embed(net, reader.batches(start, stop, batch_size), mean, std, dev, output)
     write_embedding_shard(embeddings, shard, start, values, key, worker=f"{socket.gethostname()}:{os.getpid()}")
     return shard_record(embeddings, shard)
 
 
-@stage(name="finish-embeddings")
+@stage(name="finish-embeddings", output="embeddings")
 def finish_embeddings(embeddings: str, shards: int, key: str, seconds: float = 0.0) -> dict:
     """Check every shard is there, then the store's record. `seconds` (the extraction's wall
     time) is returned so a cached rerun still reports the original timing."""

@@ -1,4 +1,4 @@
-"""Log-mel feature shards: decode, resample, cut, log-mel, write one whole shard."""
+"""Feature stages: one log-mel shard (decode, resample, cut, log-mel, write), and the store's completion."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +8,11 @@ import torchaudio
 
 from model.audio import log_mel
 from model.config import FeatureConfig
-from storage.features import FAILED_STATUS, OK_STATUS, shard_done, shard_record, write_shard
+from model.runtime import set_threads
+from storage.features import FAILED_STATUS, OK_STATUS, finalize_store, write_shard
+from storage.records import write_record
+from storage.sharded import shard_done, shard_record
 from tasks.caching import stage
-from model.clustering import set_threads
 
 
 def load_mono(path: str, config: FeatureConfig) -> np.ndarray:
@@ -60,3 +62,20 @@ def compute_feature_shard(store: str, shard: int, start: int, clip_ids: list[str
     write_shard(store, shard, start, logmels, lengths, status, key,
                 sum=total, sum_sq=total_sq, count=count, failures=failures)
     return shard_record(store, shard)
+
+
+@stage(name="finalize-features", output="store")
+def finalize_features(store: str, shards: int, key: str) -> dict:
+    """Dataset mean/std from the shards' statistics; then the store's completion record."""
+    records = [shard_record(store, s) for s in range(shards)]
+    total = sum(r["sum"] for r in records)
+    total_sq = sum(r["sum_sq"] for r in records)
+    count = sum(r["count"] for r in records)
+    if count == 0:
+        raise RuntimeError(f"no clip in {store} could be decoded: see the shard records' failures")
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean * mean, 1e-12)))
+    failures = [f for r in records for f in r["failures"]]
+    finalize_store(store, mean=mean, std=std, decode_failures=len(failures))
+    write_record(store, key, mean=mean, std=std, decode_failures=failures)
+    return {"store": store, "mean": mean, "std": std, "decode_failures": len(failures)}

@@ -1,6 +1,6 @@
-"""Downstream evaluation stages: frozen clip embeddings of one feature-store shard (decar,
-random-init or log-mel statistics), and one task's evaluation in one mode (linear probe or
-fine-tuning) written as a Parquet of score rows."""
+"""Downstream evaluation stages: the task's clips (prepared by its recipe), and one task's
+evaluation in one mode (linear probe on frozen embeddings, or fine-tuning) written as a Parquet
+of score rows. Frozen embeddings come from tasks/embed.py's shard stage."""
 from __future__ import annotations
 
 import time
@@ -10,46 +10,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.probe import LogMelClips, finetune, logmel_statistics, train_linear_probe
+from prefect import task
+
+from downstream import get_recipe
+from model.data import Clips
+from model.probe import finetune, train_linear_probe
+from model.runtime import resolve_device
 from storage.atomic import atomic_path
-from storage.embeddings import read_embeddings, write_embedding_shard
-from storage.features import FeatureReader, shard_done, shard_record
+from storage.embeddings import read_embeddings
+from storage.features import FeatureReader
 from storage.manifest import ok_rows, read_manifest
 from storage.records import is_complete, write_record
 from tasks.caching import stage
-from tasks.embed import cached_network, embed_rows, load_network, resolve_device
-from model.clustering import set_threads
+from tasks.embed import MODELS, NETWORKS, load_network
 
-MODELS = ("decar", "random-init", "logmel-stats")
-NETWORKS = ("decar", "random-init")  # the models with an encoder (fine-tuned in finetune mode)
 SPLITS = ("train", "valid", "test")
-
-
-def logmel_rows(reader: FeatureReader, start: int, stop: int) -> np.ndarray:
-    out = np.zeros((stop - start, 2 * reader.logmel.shape[1]), np.float32)
-    for i in range(start, stop):
-        if reader.lengths[i] > 0:  # clips that failed to decode stay zero (and are left out later)
-            out[i - start] = logmel_statistics(reader.get(i))
-    return out
-
-
-@stage(name="embed-benchmark-shard", retries=1, retry_delay_seconds=2)
-def embed_benchmark_shard(embeddings: str, features: str, model: str, checkpoint: str, checkpoint_sha256: str,
-                          seed: int, shard: int, start: int, stop: int, batch_size: int, key: str,
-                          threads: int = 1) -> dict:
-    """Frozen clip vectors of feature rows start..stop, written into the model's embeddings Zarr."""
-    if shard_done(embeddings, shard, key):
-        return shard_record(embeddings, shard)
-    set_threads(threads)
-    reader = FeatureReader(features)
-    if model == "logmel-stats":
-        values = logmel_rows(reader, start, stop)
-    else:
-        device = resolve_device("auto")
-        net, mean, std = cached_network(checkpoint, checkpoint_sha256, str(device), model, seed)
-        values = embed_rows(net, reader, start, stop, mean, std, batch_size, device, output="represent")
-    write_embedding_shard(embeddings, shard, start, values, key)
-    return shard_record(embeddings, shard)
 
 
 def labelled_rows(manifest: str, features: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
@@ -77,10 +52,17 @@ def read_scores(path: str | Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
-@stage(name="evaluate-task")
+@task(name="prepare-task")
+def prepare_task(name: str, data_dir: str, source: str | None) -> str:
+    """Fetch / list the task's clips; returns its manifest. Not cached: it re-lists the files (a changed
+    folder must count), and downloads retry and resume on their own (storage.archives)."""
+    return str(get_recipe(name).prepare(data_dir, source))
+
+
+@stage(name="evaluate-task", output="output")
 def evaluate_task(task: str, mode: str, manifest: str, features: str, embeddings: dict[str, str],
                   checkpoint: str, checkpoint_sha256: str, config: dict, seed: int, output: str,
-                  key: str) -> list[dict]:
+                  key: str, device: str = "auto") -> list[dict]:
     """Score every model of `mode` on one task; rows also go to `output` (Parquet) with its record.
 
     config: epochs, lr, batch_size. frozen: a linear probe on each model's embeddings (paths in
@@ -99,7 +81,7 @@ def evaluate_task(task: str, mode: str, manifest: str, features: str, embeddings
             split_data = [a for s in SPLITS for a in (values[rows[s]], labels[s])]
             score = train_linear_probe(*split_data, seed=seed, classes=len(classes), **config)
         else:
-            score = finetune_model(model, checkpoint, features, rows, labels, len(classes), config, seed)
+            score = finetune_model(model, checkpoint, features, rows, labels, len(classes), config, seed, device)
         results.append({**common, "model": model, **score, "seconds": round(time.perf_counter() - started, 3)})
     write_scores(output, results)
     write_record(output, key)
@@ -107,13 +89,13 @@ def evaluate_task(task: str, mode: str, manifest: str, features: str, embeddings
 
 
 def finetune_model(model: str, checkpoint: str, features: str, rows: dict, labels: dict, classes: int,
-                   config: dict, seed: int) -> dict:
-    device = resolve_device("auto")
+                   config: dict, seed: int, device: str = "auto") -> dict:
+    device = resolve_device(device)
     net, mean, std = load_network(checkpoint, device, model, seed)  # a private copy: trained in place
     reader = FeatureReader(features)
 
-    def split(s: str) -> LogMelClips:
-        return LogMelClips(lambda i, r=rows[s]: (reader.get(int(r[i])) - mean) / std, labels[s])
+    def split(s: str) -> Clips:
+        return Clips(lambda i, r=rows[s]: (reader.get(int(r[i])) - mean) / std, labels[s])
 
     return finetune(net.encoder, split("train"), split("valid"), split("test"), classes, seed=seed,
                     device=device, **config)

@@ -23,23 +23,21 @@ import pytest
 import torch
 import zarr
 
-import flows.pretrain as pretrain_module
 from flows.features import cache_features
 from flows.pretrain import pretrain_decar
 from storage.checkpoint import CorruptCheckpoint
-from storage.integrity import CorruptShard
+from storage.sharded import CorruptShard
 from storage.records import file_sha256, read_record
 from tests.helpers import tone_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARD = 8  # clips per embedding shard in these tests (3 shards of 24 clips)
-TINY = dict(epochs=2, clusters=4, width_mult=0.25, batch_size=8, samples_per_epoch=16, seed=0, device="cpu")
+TINY = dict(epochs=2, clusters=4, width_mult=0.25, batch_size=8, samples_per_epoch=16, seed=0, device="cpu",
+            embed_shard_size=SHARD)
 
 RUNNER = """
 import json, sys
-import flows.pretrain
-kind, params, shard = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-flows.pretrain.SHARD_SIZE = shard
+kind, params = sys.argv[1], json.loads(sys.argv[2])
 if kind == "pretrain":
     from flows.pretrain import pretrain_decar as flow
 elif kind == "features":
@@ -56,7 +54,7 @@ def run_child(kind: str, params: dict, env: dict, fault: str | None = None, skip
     env.pop("DECAR_FAULT", None)
     if fault:
         env.update(DECAR_FAULT=fault, DECAR_FAULT_SKIP=str(skip))
-    return subprocess.run([sys.executable, "-c", RUNNER, kind, json.dumps(params), str(SHARD)], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-c", RUNNER, kind, json.dumps(params)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, start_new_session=True)
 
 
@@ -70,7 +68,7 @@ def assert_nothing_half_written_is_complete(root: Path) -> None:
         output = record_file.with_name(record_file.name[: -len(".done.json")])
         record = json.loads(record_file.read_text())
         if output.parent.name == "shards":
-            continue  # shard markers: their files are checked by storage.integrity
+            continue  # shard markers: their files are checked by storage.sharded
         assert output.exists(), f"{record_file} claims a missing output"
         if "sha256" in record:
             assert file_sha256(output) == record["sha256"], output
@@ -235,10 +233,9 @@ def test_kill_during_download_then_resume(tmp_path):
 # ------------------------------------------------------------------ a Dask worker dies
 
 @pytest.mark.timeout(300)
-def test_dask_worker_killed_during_extraction(store, tmp_path, dask_address, monkeypatch):
+def test_dask_worker_killed_during_extraction(store, tmp_path, dask_address):
     from distributed import Client
 
-    monkeypatch.setattr(pretrain_module, "SHARD_SIZE", SHARD)
     with Client(dask_address, timeout=30) as client:
         victim = sorted(client.scheduler_info()["workers"])[0]
         pid = client.run(os.getpid, workers=[victim])[victim]
@@ -284,7 +281,7 @@ def test_api_lost_mid_run_then_resumed(store, reference, tmp_path):
     server, url = start_local_server(home)
     env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_CLIENT_MAX_RETRIES": "1"}
     params = dict(features=store, run_name="api-lost", runs_dir=str(tmp_path / "runs"), n_workers=1, **TINY)
-    code = [sys.executable, "-c", RUNNER, "pretrain", json.dumps(params), str(SHARD)]
+    code = [sys.executable, "-c", RUNNER, "pretrain", json.dumps(params)]
     child = subprocess.Popen(code, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = tmp_path / "runs" / "api-lost"
@@ -317,8 +314,7 @@ def test_api_lost_mid_run_then_resumed(store, reference, tmp_path):
 
 # ------------------------------------------------------------------ damaged files
 
-def test_corrupt_embedding_chunk_is_detected_then_recomputed(store, tmp_path, dask_address, monkeypatch):
-    monkeypatch.setattr(pretrain_module, "SHARD_SIZE", SHARD)
+def test_corrupt_embedding_chunk_is_detected_then_recomputed(store, tmp_path, dask_address):
     params = dict(features=store, run_name="damaged", runs_dir=str(tmp_path), dask_address=dask_address,
                   **{**TINY, "epochs": 1})
     run = Path(pretrain_decar(**params))
@@ -337,8 +333,7 @@ def test_corrupt_embedding_chunk_is_detected_then_recomputed(store, tmp_path, da
     assert pq.read_table(run / "epoch-000" / "labels.parquet").equals(labels)
 
 
-def test_corrupt_feature_shard_is_detected(store, tmp_path, dask_address, monkeypatch):
-    monkeypatch.setattr(pretrain_module, "SHARD_SIZE", SHARD)
+def test_corrupt_feature_shard_is_detected(store, tmp_path, dask_address):
     copy = tmp_path / Path(store).name
     shutil.copytree(store, copy)
     shutil.copy(f"{store}.done.json", f"{copy}.done.json")
@@ -350,8 +345,7 @@ def test_corrupt_feature_shard_is_detected(store, tmp_path, dask_address, monkey
     assert not (tmp_path / "runs" / "bad-features" / "epoch-000" / "embeddings.zarr.done.json").exists()
 
 
-def test_corrupt_checkpoint_is_detected(store, reference, tmp_path, dask_address, monkeypatch):
-    monkeypatch.setattr(pretrain_module, "SHARD_SIZE", SHARD)
+def test_corrupt_checkpoint_is_detected(store, reference, tmp_path, dask_address):
     run = tmp_path / "bitrot"
     shutil.copytree(reference, run)
     (run / ".lock").unlink(missing_ok=True)
@@ -370,11 +364,9 @@ def test_corrupt_checkpoint_is_detected(store, reference, tmp_path, dask_address
 
 # ------------------------------------------------------------------ disk full
 
-def test_disk_full_is_a_clear_error_and_earlier_outputs_stay(store, reference, tmp_path, dask_address,
-                                                             monkeypatch):
+def test_disk_full_is_a_clear_error_and_earlier_outputs_stay(store, reference, tmp_path, dask_address):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    monkeypatch.setattr(pretrain_module, "SHARD_SIZE", SHARD)
     full = tmp_path / "full"
     full.mkdir()
     init_size = (reference / "init" / "checkpoint.pt").stat().st_size

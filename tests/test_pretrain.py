@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from flows import cache_features, pretrain_decar, recluster
-from flows.pretrain import should_stop
+from model.decar import should_stop
 from flows.run_config import ConfigMismatch
 from storage.checkpoint import load_checkpoint
 from storage.layout import RunLayout

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from model.probe import LogMelClips, finetune, logmel_statistics, standardise, train_linear_probe
+from model.data import Clips
+from model.probe import finetune, logmel_statistics, standardise, train_linear_probe
 
 
 def blobs(n: int, classes: int = 3, dim: int = 16, seed: int = 0, scale: float = 1.0):
@@ -79,7 +80,7 @@ def test_finetune_learns_loud_versus_quiet_clips():
     labels = np.arange(80) % 2
 
     def data(a, b):
-        return LogMelClips(lambda i: clips[a + i], labels[a:b])
+        return Clips(lambda i: clips[a + i], labels[a:b])
 
     torch.manual_seed(0)
     result = finetune(TinyEncoder(), data(0, 50), data(50, 64), data(64, 80), classes=2, epochs=8, lr=1e-2,

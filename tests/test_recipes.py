@@ -18,7 +18,7 @@ import soundfile as sf
 
 from storage.layout import DataLayout
 from storage.manifest import read_manifest
-from tasks.recipes import RECIPES, get_recipe
+from downstream import RECIPES, get_recipe
 
 
 class QuietHandler(SimpleHTTPRequestHandler):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.recipes.base import Entry, Recipe, RemoteFile, Source, assign_splits, find_dir
+from downstream.base import Entry, Recipe, RemoteFile, Source, assign_splits, find_dir
 
 LIBRISPEECH_URL = "https://www.openslr.org/resources/12/train-clean-100.tar.gz"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from tasks.recipes.base import Entry, Recipe, RemoteFile, Source, assign_splits, find_dir
+from downstream.base import Entry, Recipe, RemoteFile, Source, assign_splits, find_dir
 
 DATASET = "TUT-urban-acoustic-scenes-2018-development"
 ZENODO = "https://zenodo.org/record/1228142/files"

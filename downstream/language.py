@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.recipes.base import Entry, Recipe, Source, assign_splits, audio_files, clip_id_of
+from downstream.base import Entry, Recipe, Source, assign_splits, audio_files, clip_id_of
 
 LANGUAGES = ("en", "de", "fr", "es", "it", "ru")
 

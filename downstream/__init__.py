@@ -7,15 +7,15 @@ and `split` (train | valid | test). No Prefect here: the benchmark flow wraps it
 """
 from __future__ import annotations
 
-from tasks.recipes.base import Entry, Recipe, RemoteFile, Source, assign_splits
-from tasks.recipes.birds import BIRD_SONG
-from tasks.recipes.emotion import IEMOCAP
-from tasks.recipes.generic import generic_recipe
-from tasks.recipes.instruments import NSYNTH
-from tasks.recipes.language import VOXFORGE
-from tasks.recipes.scenes import TUT_URBAN
-from tasks.recipes.speakers import LIBRISPEECH, VOXCELEB
-from tasks.recipes.speech_commands import V1 as SPEECH_COMMANDS_V1, V2 as SPEECH_COMMANDS_V2
+from downstream.base import Entry, Recipe, RemoteFile, Source, assign_splits
+from downstream.birds import BIRD_SONG
+from downstream.emotion import IEMOCAP
+from downstream.generic import generic_recipe
+from downstream.instruments import NSYNTH
+from downstream.language import VOXFORGE
+from downstream.scenes import TUT_URBAN
+from downstream.speakers import LIBRISPEECH, VOXCELEB
+from downstream.speech_commands import V1 as SPEECH_COMMANDS_V1, V2 as SPEECH_COMMANDS_V2
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     LIBRISPEECH, VOXCELEB, SPEECH_COMMANDS_V1, SPEECH_COMMANDS_V2, TUT_URBAN, IEMOCAP, BIRD_SONG, VOXFORGE, NSYNTH)}

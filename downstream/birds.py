@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from tasks.recipes.base import Entry, Recipe, RemoteFile, Source, assign_splits
+from downstream.base import Entry, Recipe, RemoteFile, Source, assign_splits
 
 METADATA = {"ff1010bird": "ff1010bird_metadata.csv", "warblrb10k": "warblrb10k_public_metadata.csv"}
 ARCHIVES = {"ff1010bird": "ff1010bird_wav", "warblrb10k": "warblrb10k_public_wav"}

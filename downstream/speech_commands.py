@@ -15,7 +15,7 @@ from pathlib import Path
 import soundfile as sf
 
 from storage.atomic import atomic_path
-from tasks.recipes.base import Entry, Recipe, RemoteFile, Source, find_dir
+from downstream.base import Entry, Recipe, RemoteFile, Source, find_dir
 
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 CLASSES = WORDS + ("_unknown_", "_silence_")

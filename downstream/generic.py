@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from storage.records import stable_key
-from tasks.recipes.base import SPLITS, Entry, Recipe, Source, assign_splits, audio_files, clip_id_of
+from downstream.base import SPLITS, Entry, Recipe, Source, assign_splits, audio_files, clip_id_of
 
 
 def collect_folder(roots: list[Path], work_dir: Path) -> list[Entry]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.recipes.base import Entry, Recipe, RemoteFile, Source
+from downstream.base import Entry, Recipe, RemoteFile, Source
 
 BASE = "http://download.magenta.tensorflow.org/datasets/nsynth"
 FAMILIES = ("bass", "brass", "flute", "guitar", "keyboard", "mallet", "organ", "reed", "string",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.recipes.base import Entry, Recipe, Source, assign_splits, find_dir
+from downstream.base import Entry, Recipe, Source, assign_splits, find_dir
 
 LABELS = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
 

@@ -1,0 +1,166 @@
+"""DECAR, the method: one epoch is extract -> cluster -> densify -> sampler -> fresh head -> train.
+
+Pure functions over in-memory objects (networks, arrays, iterables of batches): no paths, no
+Prefect. The pipeline's stages (tasks/) call exactly these; `reference_epoch` strings them
+together in one place as the executable specification of an epoch (tests/test_decar.py checks
+that the pipeline's epoch 0 equals it, labels and tensors).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader
+
+from model.augment import SpecAugment, random_crop
+from model.clustering import cluster
+from model.config import ClusterConfig, TrainConfig
+from model.data import Clips, pad_batch
+from model.network import DecarNet, add_channel
+from model.sampler import UniformClusterSampler
+
+
+# ---------------------------------------------------------------- seeds (the only place they are derived)
+
+def cluster_seed(seed: int, epoch: int) -> int:
+    """k-means seed of an epoch: a new one every epoch (METHODS.md)."""
+    return seed * 1000 + epoch
+
+
+def train_seed(seed: int, epoch: int) -> int:
+    """Seed of an epoch's training: torch's RNG (head init, SpecAugment), crops and the sampler."""
+    return seed * 1009 + epoch
+
+
+# ---------------------------------------------------------------- the steps of an epoch
+
+@torch.no_grad()
+def embed(net: DecarNet, batches: Iterable[tuple[np.ndarray, np.ndarray]], mean: float, std: float,
+          device: torch.device, output: str = "embed") -> np.ndarray:
+    """Rows in the order given (never shuffle: row i must stay clip i), in eval mode.
+
+    `batches` yields (log-mel (B, n_mels, T) float32 zero-padded, lengths (B,)); a row of length 0
+    (a clip without features) gets a zero vector. output: "embed" (z, clustered each epoch) or
+    "represent" (h, the representation kept after pre-training)."""
+    forward = net.embed if output == "embed" else net.represent
+    dim = net.config.embedding_dim if output == "embed" else net.encoder.out_dim
+    parts = []
+    for batch, lengths in batches:
+        out = np.zeros((len(lengths), dim), np.float32)
+        valid = np.flatnonzero(np.asarray(lengths) > 0)
+        if valid.size:
+            x = (torch.from_numpy(batch[valid]) - mean) / std
+            out[valid] = forward(add_channel(x).to(device)).float().cpu().numpy()
+        parts.append(out)
+    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+def densify_labels(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Cluster ids -> 0..C-1 over the non-empty clusters only (the head has C outputs; PIC's C is
+    emergent, and a k-means cluster can be empty)."""
+    _, dense = np.unique(np.asarray(labels), return_inverse=True)
+    return dense, int(dense.max()) + 1 if dense.size else 0
+
+
+def make_optimisers(net: DecarNet, cfg: TrainConfig) -> tuple[torch.optim.SGD, torch.optim.SGD]:
+    """SGD with momentum and weight decay for f and g; a plain SGD for the fresh head p (reference code)."""
+    body = [p for name, p in net.named_parameters() if not name.startswith("head.")]
+    return (torch.optim.SGD(body, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+            torch.optim.SGD(net.head.parameters(), lr=cfg.head_lr or cfg.lr))
+
+
+def train_one_epoch(net: DecarNet, batches: Iterable, optimisers: tuple, augment: SpecAugment,
+                    device: torch.device, crop_frames: int | None = None, generator: torch.Generator | None = None,
+                    on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Cross-entropy of the head's predictions against the pseudo-labels, every parameter trained.
+
+    `batches` yields (log-mel (B, n_mels, T), lengths (B,), labels (B,)). Returns the mean loss, the
+    number of steps and the head's accuracy on the (augmented) training draws."""
+    net.train()
+    loss_fn = nn.CrossEntropyLoss()
+    total, correct, seen, steps = 0.0, 0, 0, 0
+    for steps, (x, lengths, y) in enumerate(batches, 1):
+        if crop_frames:
+            x, lengths = random_crop(x, lengths, crop_frames, generator)
+        x = augment(x, lengths)
+        y = y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = net(add_channel(x).to(device)).float()
+        loss = loss_fn(logits, y)
+        for optimiser in optimisers:
+            optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimiser in optimisers:
+            optimiser.step()
+        total += loss.item()
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        if on_step:
+            on_step(steps, total / steps)
+    mean_loss = total / max(steps, 1)
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"training loss is {mean_loss}; lower the learning rate")
+    return {"loss": mean_loss, "steps": steps, "accuracy": correct / max(seen, 1)}
+
+
+def train_on_pseudo_labels(net: DecarNet, load_clip: Callable[[int], np.ndarray], labels: np.ndarray,
+                           cfg: TrainConfig, seed: int, epoch: int, device: torch.device,
+                           on_step: Callable[[int, int, float], None] | None = None) -> dict:
+    """The training half of an epoch: densify -> sampler -> fresh head -> optimisers -> train.
+
+    `load_clip(i)` gives labelled clip i's normalised log-mel (n_mels, frames); `labels[i]` its
+    pseudo-label. Deterministic for (seed, epoch) on the CPU."""
+    torch.manual_seed(train_seed(seed, epoch))
+    generator = torch.Generator().manual_seed(train_seed(seed, epoch))
+    dense, clusters = densify_labels(labels)
+    draws = cfg.samples_per_epoch or len(dense)
+    sampler = UniformClusterSampler(dense, draws, seed=train_seed(seed, epoch))
+    batches = BatchSampler(sampler, cfg.batch_size, drop_last=draws > cfg.batch_size)
+    loader = DataLoader(Clips(load_clip, dense), batch_sampler=batches, collate_fn=pad_batch)
+    net.reset_head(clusters)
+    optimisers = make_optimisers(net, cfg)
+    stats = train_one_epoch(net, loader, optimisers, SpecAugment.from_config(cfg), device, cfg.crop_frames,
+                            generator, on_step and (lambda step, loss: on_step(step, len(batches), loss)))
+    return {**stats, "clusters": clusters, "draws": draws}
+
+
+def should_stop(history: list[dict], patience: int) -> bool:
+    """Early stop: the epoch-to-epoch NMI has not improved for `patience` epochs."""
+    best, since = None, 0
+    for m in history:
+        if m["nmi"] is None:
+            continue
+        if best is None or m["nmi"] > best:
+            best, since = m["nmi"], 0
+        else:
+            since += 1
+    return since >= patience
+
+
+# ---------------------------------------------------------------- the specification
+
+def reference_epoch(net: DecarNet, logmels: list[np.ndarray], mean: float, std: float, cluster_cfg: ClusterConfig,
+                    train_cfg: TrainConfig, seed: int, epoch: int, embed_batch: int,
+                    device: torch.device = torch.device("cpu")) -> tuple[np.ndarray, dict]:
+    """One DECAR epoch on clips held in memory; returns (pseudo-labels, training stats).
+
+    The pipeline runs the same calls as separate cached stages (extraction sharded on Dask)."""
+    def padded(a: int, b: int):
+        width = max(len(x[0]) for x in logmels[a:b])
+        batch = np.zeros((b - a, logmels[0].shape[0], width), np.float32)
+        for i, x in enumerate(logmels[a:b]):
+            batch[i, :, : x.shape[1]] = x
+        return batch, np.array([x.shape[1] for x in logmels[a:b]])
+
+    # 1. extract: z for every clip, eval mode, fixed order
+    z = embed(net.eval(), (padded(a, min(a + embed_batch, len(logmels)))
+                           for a in range(0, len(logmels), embed_batch)), mean, std, device)
+    # 2. cluster: PCA-whitening + L2 + k-means (or PIC), a new seed each epoch
+    labels = cluster(z, cluster_cfg, cluster_seed(seed, epoch))
+    # 3-6. densify -> uniform-over-clusters sampler -> fresh head -> one epoch of SGD
+    stats = train_on_pseudo_labels(net, lambda i: (logmels[i] - mean) / std, labels, train_cfg, seed, epoch,
+                                   device)
+    return labels, stats
