@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -qq -e '.[test]'
 	touch $@
 
-.PHONY: install demo test bench ui
+.PHONY: install demo test bench science ui
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -23,6 +23,9 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/pretrain.py
+
+science: $(VENV)/.installed
+	$(PY) bench/science.py
 
 ui: $(VENV)/.installed
 	PREFECT_HOME=$(CURDIR)/.prefect $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200

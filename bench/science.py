@@ -1,0 +1,409 @@
+"""Does DECAR pre-training learn? A CPU-scale science benchmark on the synthetic sound world.
+
+Pre-trains DECAR in memory on a generated pool (downstream.synth.pretraining_clip: pre-training
+sources only) with the project's own pieces (DecarNet, PCA-whitening + k-means, the uniform
+cluster sampler, SpecAugment, random crops, the linear probe), then probes the frozen
+representation on the generated tasks (downstream.generated: held-out sources only) at several
+epochs, against
+    random init, default BN   the same initial network, eval mode, untouched running statistics
+    random init, precise BN   the same initial network after recompute_batchnorm (= DECAR epoch 0)
+    log-mel statistics        mean and std over time of each mel bin
+with 95 % bootstrap confidence intervals over test clips (1000 resamples; across seeds the
+resampled clips are shared and accuracies averaged). Prints a markdown table and the per-epoch
+training loss against ln k; writes every number to a JSON file.
+
+    .venv/bin/python bench/science.py                      # default size: see README / --help
+    .venv/bin/python bench/science.py --clips 600 --epochs 4 --seeds 0 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT)]
+
+import numpy as np  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--clips", type=int, default=1000, help="pre-training pool size")
+    a("--seconds", type=float, default=2.0, help="pool clip length")
+    a("--epochs", type=int, default=8, help="DECAR epochs (training passes)")
+    a("--eval-epochs", type=int, nargs="*", default=None, help="default: 0, epochs // 2, epochs")
+    a("--seeds", type=int, nargs="+", default=[0, 1], help="pre-training seeds (init, pool order, k-means)")
+    a("--width", type=float, default=0.25, help="ModelConfig.width_mult")
+    a("--embedding-dim", type=int, default=512)
+    a("--k", type=int, default=64, help="k-means clusters")
+    a("--pca-dim", type=int, default=128)
+    a("--crop", type=int, default=96, help="TrainConfig.crop_frames (0 = whole clip)")
+    a("--batch", type=int, default=64)
+    a("--lr", type=float, default=0.05, help="body lr (SGD, momentum 0.9, wd 1e-5)")
+    a("--head-lr", type=float, default=None, help="head lr (plain SGD); default = --lr")
+    a("--schedule", choices=["constant", "cosine"], default="constant", help="body lr over all steps")
+    a("--draws", type=float, default=4.0, help="samples per epoch, as a multiple of the pool size")
+    a("--head", choices=["fresh", "warmup", "centroids"], default="fresh",
+      help="fresh: N(0, 0.01) head (paper); warmup: the fresh head first fitted on the extracted z "
+           "with the body frozen; centroids: rows = L2-normalised cluster centroids of z / temperature")
+    a("--warmup-steps", type=int, default=200, help="full-batch steps of the head warm-up")
+    a("--temperature", type=float, default=0.1, help="centroid head: logits = cos(z, c) / T")
+    a("--bn-clips", type=int, default=256, help="precise BN sample (0 = never recompute: the paper)")
+    a("--pooling", choices=["max", "meanmax", "both"], default="both",
+      help="frozen representation: global max over the last map (paper) and/or mean+max over time")
+    a("--probe-epochs", type=int, default=200)
+    a("--task-scale", type=float, default=1.0)
+    a("--task-seconds", type=float, default=1.5)
+    a("--tasks", nargs="*", default=None, help="default: every generated task")
+    a("--resamples", type=int, default=1000)
+    a("--threads", type=int, default=2)
+    a("--cache", default=None, help="folder caching the generated pool and tasks (log-mel)")
+    a("--json", default="science.json", help="where to write all numbers")
+    a("--tag", default="", help="a label stored in the JSON")
+    return p.parse_args(argv)
+
+
+# =============================================================================== data
+
+def _cached(cache, name: str, make):
+    if cache is None:
+        return make()
+    path = Path(cache) / f"{name}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    out = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **out)
+    os.replace(tmp, path)
+    return out
+
+
+POOL_SEED = 31337  # first element of every pool clip's seed; generated tasks use TASK_SEED
+
+
+def load_pool(clips: int, seconds: float, cache) -> np.ndarray:
+    """(N, n_mels, frames) float32 log-mel of the pre-training pool."""
+    from downstream.synth import pretraining_clip
+    from model.audio import log_mel
+    from model.config import FeatureConfig
+
+    def make():
+        audio = np.stack([pretraining_clip(np.random.default_rng([POOL_SEED, i]), seconds) for i in range(clips)])
+        return {"logmel": np.concatenate([log_mel(audio[a:a + 256], FeatureConfig()).numpy()
+                                          for a in range(0, clips, 256)])}
+    return _cached(cache, f"pool-{clips}-{seconds:g}", make)["logmel"]
+
+
+def load_task(name: str, scale: float, seconds: float, cache) -> dict:
+    """split -> (log-mel (N, n_mels, frames) float32, labels (N,))."""
+    from downstream.generated import VERSION, task_arrays
+    from model.audio import log_mel
+    from model.config import FeatureConfig
+
+    def make():
+        out = {}
+        for split, (audio, labels) in task_arrays(name, scale, seconds).items():
+            out[f"{split}_x"] = log_mel(audio, FeatureConfig()).numpy()
+            out[f"{split}_y"] = labels
+        return out
+    d = _cached(cache, f"{name}-v{VERSION}-{scale:g}-{seconds:g}", make)
+    return {s: (d[f"{s}_x"], d[f"{s}_y"]) for s in ("train", "valid", "test")}
+
+
+# =============================================================================== representation
+
+def _batches(x, size):
+    for a in range(0, len(x), size):
+        yield x[a:a + size]
+
+
+def precise_bn(net, pool_t, bn_index, batch: int) -> None:
+    """Recompute BN statistics on a fixed, seeded sample of whole pool clips (model/batchnorm.py)."""
+    from model.batchnorm import recompute_batchnorm
+
+    recompute_batchnorm(net, (x[:, None] for x in _batches(pool_t[bn_index], batch)), "cpu",
+                        forward=lambda n, x: n.embed(x))
+
+
+def extract(net, x_t, batch: int = 128) -> np.ndarray:
+    """z = g(f(x)) for every row, in order, eval mode (DECAR's extraction)."""
+    import torch
+
+    net.eval()
+    with torch.no_grad():
+        return np.concatenate([net.embed(b[:, None]).numpy() for b in _batches(x_t, batch)])
+
+
+def represent(net, x_t, pooling: str, batch: int = 128) -> np.ndarray:
+    """The frozen representation: 'max' = global max over f's last map (the paper's h);
+    'meanmax' = the map averaged over frequency, then mean + max over time (2 x dims)."""
+    import torch
+
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for b in _batches(x_t, batch):
+            fmap = net.encoder.features(b[:, None])
+            if pooling == "max":
+                out.append(torch.amax(fmap, dim=(2, 3)).numpy())
+            else:
+                t = fmap.mean(dim=2)
+                out.append(torch.cat([t.mean(dim=2), t.amax(dim=2)], dim=1).numpy())
+    return np.concatenate(out)
+
+
+# =============================================================================== evaluation
+
+def probe(train, valid, test, classes: int, epochs: int) -> tuple[float, np.ndarray]:
+    """model.probe.train_linear_probe; returns (test accuracy, per-test-clip correctness).
+
+    train_linear_probe reports only aggregates; its final test scoring goes through
+    model.probe.scores(labels, predictions), which we wrap for that one call to keep the
+    predictions (the probe itself is unchanged)."""
+    import model.probe as mp
+
+    seen = []
+    original = mp.scores
+    mp.scores = lambda labels, predictions: (seen.append((np.asarray(labels), np.asarray(predictions))),
+                                             original(labels, predictions))[1]
+    try:
+        result = mp.train_linear_probe(*train, *valid, *test, epochs=epochs, seed=0, classes=classes)
+    finally:
+        mp.scores = original
+    labels, predictions = seen[-1]
+    correct = (labels == predictions).astype(np.float64)
+    assert abs(correct.mean() - result["accuracy"]) < 1e-9
+    return result["accuracy"], correct
+
+
+def bootstrap(correct: list[np.ndarray], resamples: int, seed: int = 0) -> tuple[float, float, float]:
+    """Mean accuracy over runs and its 95 % CI, resampling test clips (shared across runs)."""
+    c = np.mean(np.stack(correct), axis=0)
+    idx = np.random.default_rng(seed).integers(0, len(c), (resamples, len(c)))
+    means = c[idx].mean(axis=1)
+    return float(c.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def evaluate(features, tasks: dict, probe_epochs: int) -> dict:
+    """features(log-mel split array) -> (N, d); returns task -> {accuracy, correct}."""
+    out = {}
+    for name, task in tasks.items():
+        splits = {s: (features(x), y) for s, (x, y) in task["splits"].items()}
+        acc, correct = probe(splits["train"], splits["valid"], splits["test"], task["classes"], probe_epochs)
+        out[name] = {"accuracy": acc, "correct": correct}
+    return out
+
+
+# =============================================================================== DECAR
+# One epoch: extract -> precise BN -> cluster -> densify -> sampler -> fresh/centroid head -> train.
+
+def decar_run(args, seed: int, pool_t, tasks: dict, log) -> dict:
+    import torch
+    from torch import nn
+
+    from model.augment import SpecAugment, random_crop
+    from model.clustering import cluster, cluster_stats, nmi
+    from model.config import ClusterConfig, ModelConfig
+    from model.network import DecarNet
+    from model.sampler import UniformClusterSampler
+
+    poolings = ["max", "meanmax"] if args.pooling == "both" else [args.pooling]
+    eval_epochs = sorted(set(args.eval_epochs if args.eval_epochs is not None
+                             else [0, args.epochs // 2, args.epochs]))
+    n = len(pool_t)
+    draws = int(round(args.draws * n))
+    steps_per_epoch = draws // args.batch
+    total_steps = steps_per_epoch * args.epochs
+    cluster_cfg = ClusterConfig(clusters=args.k, pca_dim=args.pca_dim)
+    augment = SpecAugment()  # the paper's: warp 5, 2 x 30 mel bins, 2 x 40 frames
+    bn_index = np.sort(np.random.default_rng([seed, 7]).choice(n, min(args.bn_clips, n), replace=False)) \
+        if args.bn_clips else None
+
+    torch.manual_seed(seed)
+    net = DecarNet(ModelConfig(width_mult=args.width, embedding_dim=args.embedding_dim))
+    body = list(net.parameters())
+    body_opt = torch.optim.SGD(body, lr=args.lr, momentum=0.9, weight_decay=1e-5)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(body_opt, max(total_steps, 1))
+                if args.schedule == "cosine" else None)
+    generator = torch.Generator().manual_seed(seed)
+    result = {"seed": seed, "evals": {}, "epochs": []}
+
+    def run_eval(label: str, network) -> None:
+        started = time.perf_counter()
+        for pooling in poolings:
+            scores = evaluate(lambda x: represent(network, x, pooling), tasks, args.probe_epochs)
+            result["evals"][f"{label}|{pooling}"] = scores
+        log(f"  seed {seed} eval {label}: " + ", ".join(
+            f"{t} {result['evals'][f'{label}|{p}'][t]['accuracy']:.3f}{'' if p == 'max' else '(mm)'}"
+            for t in tasks for p in poolings) + f"  [{time.perf_counter() - started:.0f} s]")
+
+    # (a) random init with default BN statistics: a copy of the initial network, untouched
+    import copy
+    run_eval("random-defaultBN", copy.deepcopy(net))
+
+    previous = None
+    for epoch in range(args.epochs + 1):
+        started = time.perf_counter()
+        # 1. precise BN, then 2. extract z (eval mode, fixed order)
+        if bn_index is not None:
+            precise_bn(net, pool_t, bn_index, 128)
+        if epoch in eval_epochs:  # (b) epoch 0 = random init with precise BN
+            run_eval(f"decar-{epoch}", net)
+        if epoch == args.epochs:
+            break
+        z = extract(net, pool_t)
+        # 3. cluster: PCA-whitening + L2 + k-means, a new seed each epoch; 4. densify
+        labels = cluster(z, cluster_cfg, seed * 1000 + epoch)
+        _, labels = np.unique(labels, return_inverse=True)
+        clusters = int(labels.max()) + 1
+        stats = {"epoch": epoch, "clusters": clusters, "ln_k": math.log(clusters),
+                 "nmi_prev": nmi(previous, labels) if previous is not None else None,
+                 "largest_fraction": cluster_stats(labels)["largest_fraction"],
+                 "z_spread": float(z.std(0).mean() / (np.linalg.norm(z, axis=1).mean() + 1e-30))}
+        previous = labels
+        # 5. sampler: uniform over clusters, `draws` per epoch
+        sampler = UniformClusterSampler(labels, draws, seed=seed)
+        sampler.set_epoch(epoch)
+        order = sampler.indices()
+        # 6. head: fresh N(0, 0.01) (paper), warmed up on z with the body frozen, or centroids
+        head = net.reset_head(clusters)
+        if args.head == "centroids":
+            zn = torch.nn.functional.normalize(torch.from_numpy(z), dim=1)
+            centroids = torch.zeros(clusters, z.shape[1]).index_add_(0, torch.from_numpy(labels), zn)
+            with torch.no_grad():
+                head.weight.copy_(torch.nn.functional.normalize(centroids, dim=1)
+                                  / (args.temperature * float(np.linalg.norm(z, axis=1).mean() + 1e-12)))
+        elif args.head == "warmup":
+            zt, yt = torch.from_numpy(z), torch.from_numpy(labels)
+            opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+            for _ in range(args.warmup_steps):
+                loss = nn.functional.cross_entropy(head(zt), yt)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            stats["warmup_loss"] = float(loss)
+        head_opt = torch.optim.SGD(head.parameters(), lr=args.head_lr or args.lr)
+        # 7. train: crops + SpecAugment, cross-entropy on the pseudo-labels, body and head
+        net.train()
+        augment.train()
+        losses, correct = [], 0
+        for step in range(steps_per_epoch):
+            rows = torch.from_numpy(order[step * args.batch:(step + 1) * args.batch])
+            x = pool_t[rows]
+            if args.crop:
+                x, lengths = random_crop(x, None, args.crop, generator)
+            x = augment(x)
+            y = torch.from_numpy(labels)[rows]
+            logits = net(x[:, None])
+            loss = nn.functional.cross_entropy(logits, y)
+            body_opt.zero_grad()
+            head_opt.zero_grad()
+            loss.backward()
+            body_opt.step()
+            head_opt.step()
+            if schedule:
+                schedule.step()
+            losses.append(loss.item())
+            correct += int((logits.argmax(1) == y).sum())
+        stats.update(loss=float(np.mean(losses)), loss_first=float(np.mean(losses[:max(1, len(losses) // 5)])),
+                     loss_last=float(np.mean(losses[-max(1, len(losses) // 5):])),
+                     train_accuracy=correct / max(1, steps_per_epoch * args.batch), steps=steps_per_epoch,
+                     seconds=time.perf_counter() - started)
+        result["epochs"].append(stats)
+        log(f"  seed {seed} epoch {epoch}: loss {stats['loss']:.3f} (first {stats['loss_first']:.3f}, last "
+            f"{stats['loss_last']:.3f}) ln k {stats['ln_k']:.3f}, head acc {stats['train_accuracy']:.2f}, NMI prev "
+            f"{stats['nmi_prev'] if stats['nmi_prev'] is None else round(stats['nmi_prev'], 3)}, largest "
+            f"{stats['largest_fraction']:.3f}, spread {stats['z_spread']:.3f}  [{stats['seconds']:.0f} s]")
+    return result
+
+
+# =============================================================================== report
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import faiss
+    import torch
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    from downstream.generated import GENERATED_TASKS
+    from model.probe import logmel_statistics
+
+    t0 = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+
+    pool = load_pool(args.clips, args.seconds, args.cache)
+    mean, std = float(pool.mean()), float(pool.std())
+    pool_t = torch.from_numpy((pool - mean) / std)
+    names = args.tasks or list(GENERATED_TASKS)
+    tasks = {}
+    for name in names:
+        splits = load_task(name, args.task_scale, args.task_seconds, args.cache)
+        tasks[name] = {"classes": len(GENERATED_TASKS[name].classes), "raw": splits,
+                       "splits": {s: (torch.from_numpy((x - mean) / std), y) for s, (x, y) in splits.items()}}
+    log(f"pool {pool.shape}, tasks " + ", ".join(f"{n} {tuple(len(t['raw'][s][1]) for s in t['raw'])}"
+                                                 for n, t in tasks.items()))
+
+    # (c) log-mel statistics
+    logmel = evaluate(lambda x: np.stack([logmel_statistics(m) for m in x.numpy()]), tasks, args.probe_epochs)
+    log("log-mel stats: " + ", ".join(f"{t} {r['accuracy']:.3f}" for t, r in logmel.items()))
+
+    runs = [decar_run(args, seed, pool_t, tasks, log) for seed in args.seeds]
+    wall = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ tables
+    models = list(runs[0]["evals"])
+    table = {}
+    for name in names:
+        table[name] = {"logmel-stats": bootstrap([logmel[name]["correct"]], args.resamples)}
+        for m in models:
+            table[name][m] = bootstrap([r["evals"][m][name]["correct"] for r in runs], args.resamples)
+            for r in runs:
+                table[name][f"{m}@seed{r['seed']}"] = bootstrap([r["evals"][m][name]["correct"]], args.resamples)
+    print("\n### Frozen linear probe, test accuracy [95 % bootstrap CI], mean over seeds "
+          f"{args.seeds} (max = global max pooling, meanmax = mean+max over time)\n")
+    cols = ["logmel-stats"] + models
+    print("| task | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for name in names:
+        print(f"| {name} | " + " | ".join("{:.3f} [{:.3f}, {:.3f}]".format(*table[name][c]) for c in cols) + " |")
+    print("| mean | " + " | ".join(f"{np.mean([table[n][c][0] for n in names]):.3f}" for c in cols) + " |")
+    print("\n### Training loss per epoch vs ln k (mean over seeds)\n")
+    print("| epoch | loss | first 20 % | last 20 % | ln k | head train acc | NMI prev | largest cluster |")
+    print("|---|---|---|---|---|---|---|---|")
+    for e in range(args.epochs):
+        rows = [r["epochs"][e] for r in runs]
+        nm = [x["nmi_prev"] for x in rows if x["nmi_prev"] is not None]
+        print(f"| {e} | {np.mean([x['loss'] for x in rows]):.3f} | {np.mean([x['loss_first'] for x in rows]):.3f} | "
+              f"{np.mean([x['loss_last'] for x in rows]):.3f} | {np.mean([x['ln_k'] for x in rows]):.3f} | "
+              f"{np.mean([x['train_accuracy'] for x in rows]):.3f} | "
+              f"{np.mean(nm) if nm else float('nan'):.3f} | {np.mean([x['largest_fraction'] for x in rows]):.3f} |")
+    print(f"\nwall time {wall:.0f} s with {args.threads} threads")
+
+    out = {"args": vars(args), "wall_seconds": wall,
+           "table": {n: {m: dict(zip(("accuracy", "ci_low", "ci_high"), v)) for m, v in t.items()}
+                     for n, t in table.items()},
+           "logmel": {n: r["accuracy"] for n, r in logmel.items()},
+           "runs": [{"seed": r["seed"], "epochs": r["epochs"],
+                     "evals": {m: {t: v["accuracy"] for t, v in e.items()} for m, e in r["evals"].items()}}
+                    for r in runs]}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
+        print(f"numbers written to {args.json}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
