@@ -1,12 +1,18 @@
-"""faiss k-means vs scikit-learn (KMeans, MiniBatchKMeans) at DECAR's scale, plus PIC.
+"""faiss k-means vs scikit-learn (KMeans, MiniBatchKMeans) at DECAR's scale, PIC, and k-means init.
 
 Data: a Gaussian mixture (default 200k x 128 float32, 512 centres), clustered
 with k = 512 and the same 20 iterations everywhere (sklearn: n_init=1,
 max_iter=20, tol=0, random init like faiss). Prints wall times, the time
 ratio, and NMI between the labelings (and with the mixture's truth).
 
+Init section (printed first): random init (faiss), k-means++ seeding and
+best-of-3 (redo) on two well-separated Gaussian mixtures, 3,000 x 32 with 20
+components and N x 128 with k components, preprocessed as the pipeline does
+(PCA-whitening + L2); NMI to the truth and seconds per option, several seeds.
+
     .venv/bin/python bench/kmeans.py            # full size, ~2-3 min on 2 cores
     .venv/bin/python bench/kmeans.py --n 20000  # quick
+    .venv/bin/python bench/kmeans.py --only-init --threads 1  # init table only, ~4 min
 """
 from __future__ import annotations
 
@@ -21,7 +27,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from sklearn.cluster import KMeans, MiniBatchKMeans  # noqa: E402
 
-from model.clustering import cluster_stats, l2_normalise, nmi, run_kmeans, run_pic, set_threads  # noqa: E402
+from model.clustering import (cluster_stats, l2_normalise, nmi, preprocess_features, run_kmeans,  # noqa: E402
+                              run_pic, set_threads)
+
+INIT_OPTIONS = {"random": {"init": "random"}, "kmeans++": {"init": "kmeans++"},
+                "random, redo 3": {"init": "random", "redo": 3}, "kmeans++, redo 3": {"init": "kmeans++", "redo": 3}}
 
 
 def mixture(n: int, dim: int, centres: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -29,6 +39,30 @@ def mixture(n: int, dim: int, centres: int, seed: int = 0) -> tuple[np.ndarray, 
     truth = rng.integers(0, centres, n)
     means = rng.normal(size=(centres, dim)).astype(np.float32) * 0.5  # overlapping: k-means runs all iterations
     return means[truth] + rng.normal(size=(n, dim)).astype(np.float32), truth
+
+
+def separated_mixture(n: int, dim: int, centres: int, spread: float, seed: int = 0):
+    """Unit-variance components around means drawn with std `spread`: recoverable, so NMI to
+    the truth measures whether k-means found every component (1.0) or merged some."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, centres, n)
+    means = rng.normal(size=(centres, dim)).astype(np.float32) * spread
+    return means[truth] + rng.normal(size=(n, dim)).astype(np.float32), truth
+
+
+def compare_inits(n: int, dim: int, k: int, spread: float, seeds: int, iterations: int) -> None:
+    x, truth = separated_mixture(n, dim, k, spread)
+    features = preprocess_features(x, 128)
+    print(f"\n{n} x {dim}, {k} components (mean std {spread}), k={k}, seeds 0..{seeds - 1}")
+    print(f"  {'option':<18} {'NMI mean':>8} {'min':>6} {'max':>6} {'s/run':>7}   NMI per seed")
+    for name, options in INIT_OPTIONS.items():
+        scores, seconds = [], []
+        for seed in range(seeds):
+            labels, s = timed(run_kmeans, features, k, iterations, seed=seed, **options)
+            scores.append(nmi(labels, truth))
+            seconds.append(s)
+        print(f"  {name:<18} {np.mean(scores):8.4f} {min(scores):6.4f} {max(scores):6.4f} {np.mean(seconds):7.2f}   "
+              + " ".join(f"{v:.3f}" for v in scores))
 
 
 def timed(fn, *args, **kwargs):
@@ -56,8 +90,16 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--pic-n", type=int, default=50_000, help="points for PIC (0 = skip)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--init-seeds", type=int, default=3, help="seeds per option in the init table (0 = skip)")
+    parser.add_argument("--only-init", action="store_true", help="print the init table only")
     args = parser.parse_args()
     set_threads(args.threads)
+    if args.init_seeds:
+        print(f"k-means init: random vs k-means++ vs best of 3, {args.iterations} iterations, {args.threads} threads")
+        compare_inits(3000, 32, 20, 10.0, max(args.init_seeds, 5), args.iterations)
+        compare_inits(args.n, args.dim, args.k, 2.0, args.init_seeds, args.iterations)
+    if args.only_init:
+        return
     x, truth = mixture(args.n, args.dim, args.k)
     print(f"data: {args.n} x {args.dim} float32, {args.k}-centre mixture; k={args.k}, "
           f"{args.iterations} iterations, {args.threads} threads")

@@ -125,7 +125,9 @@ def kmeans_plusplus(x: np.ndarray, k: int, seed: int = 0, trials: int | None = N
 def _redo_seed(seed: int, attempt: int) -> int:
     """Attempt 0 keeps the epoch's seed; later attempts get independent streams (not seed + 1,
     which is the next epoch's seed)."""
-    return int(seed) if attempt == 0 else int(np.random.SeedSequence([int(seed), attempt]).generate_state(1)[0])
+    if attempt == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), attempt]).generate_state(1)[0] & 0x7FFFFFFF)  # faiss: C int
 
 
 def run_kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0, init: str = "random",

@@ -51,7 +51,7 @@ class ClusterConfig(_Config):
     kmeans_iterations: int = Field(20, ge=1)
     kmeans_init: Literal["random", "kmeans++"] = Field(
         "kmeans++", description="faiss's random points merge separated components; k-means++ seeding does not "
-                                "(bench/kmeans.py)")
+                                "(bench/kmeans.py: NMI 0.986 -> 0.996 at 200k x 128, k=512, ~1.5 s more)")
     kmeans_redo: int = Field(1, ge=1, description="k-means runs with independent seeds; the lowest objective wins")
     pic_neighbours: int = Field(5, ge=1)
     pic_sigma: float = Field(0.2, gt=0)
