@@ -136,7 +136,8 @@ def run_kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0, init:
 
     init: "random" (faiss: k random points) or "kmeans++" (kmeans_plusplus, seeded from
     at most seeding_points * k points; None = all). redo: run this many times with
-    independent seeds, keep the lowest k-means objective (faiss's nredo, also for k-means++).
+    independent seeds, keep the lowest k-means objective (faiss's nredo rule; the loop is
+    here because faiss's nredo would restart every attempt from the same given centroids).
     """
     x = _as_float32(x)
     n, d = x.shape
@@ -144,6 +145,8 @@ def run_kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0, init:
         raise ValueError(f"k-means with k={k} clusters needs at least k points, got N={n}")
     if init not in ("random", "kmeans++"):
         raise ValueError(f"unknown k-means init {init!r}: expected 'random' or 'kmeans++'")
+    if redo < 1:
+        raise ValueError(f"k-means redo must be >= 1, got {redo}")
     best_obj, best_centroids = math.inf, None
     for attempt in range(redo):
         attempt_seed = _redo_seed(seed, attempt)
