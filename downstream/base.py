@@ -65,14 +65,19 @@ class Recipe:
     paper_scores: dict[str, float] | None = None  # DECAR Table 2, test accuracy %
     paper_classes: int | None = None  # the class count the paper states
     split_rule: str = ""
+    # generated tasks: writes the task's data under the given data folder and returns its root
+    generate: Callable[[Path], Path] | None = field(default=None, repr=False)
 
     def prepare(self, data_dir: str | Path, source_override: str | Path | None = None) -> Path:
-        """Fetch, extract and list the task's clips; returns the manifest path."""
+        """Fetch, extract (or generate) and list the task's clips; returns the manifest path."""
         layout = DataLayout(data_dir)
         work_dir = layout.audio_dir(f"task-{self.name}")
         # one preparer per task and data folder: two would write the same .part files
         with DirectoryLock(layout.downloads() / self.name, what=f"task {self.name} download"):
-            roots = fetch_sources(self, layout, source_override)
+            if self.generate and source_override is None:
+                roots = [self.generate(layout.root)]
+            else:
+                roots = fetch_sources(self, layout, source_override)
             entries = self.collect(roots, work_dir)
             if not entries:
                 raise ValueError(f"task {self.name}: found no clips under {[str(r) for r in roots]}. "

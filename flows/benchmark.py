@@ -20,8 +20,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from demo.tasks import DEMO_TASKS, demo_task_folder
-from downstream import RECIPES, get_recipe
+from downstream import RECIPES
 from flows.artifacts import publish_benchmark, slug
 from flows.features import cache_features
 from flows.runners import OnDemandCluster
@@ -80,18 +79,7 @@ def run_of(checkpoint: Path) -> tuple[Path | None, str | None]:
 
 
 def known_tasks() -> str:
-    return ", ".join([*RECIPES, *DEMO_TASKS, "folder:<path>", "csv:<path>"])
-
-
-def resolve_task(name: str, data_dir: str) -> str:
-    """A recipe name, folder:<path>, csv:<path> or a demo task (generated on first use)."""
-    if name in DEMO_TASKS:
-        return f"folder:{demo_task_folder(name, data_dir)}"
-    try:
-        get_recipe(name)
-    except ValueError as exc:
-        raise ValueError(f"tasks: unknown task {name!r}; known tasks: {known_tasks()}") from exc
-    return name
+    return ", ".join([*RECIPES, "folder:<path>", "csv:<path>"])
 
 
 def validate(checkpoint: str, tasks: list[str], modes: list[str], epochs: int, batch_size: int, lr: float,
@@ -104,7 +92,7 @@ def validate(checkpoint: str, tasks: list[str], modes: list[str], epochs: int, b
         if kind in ("folder", "csv") and where:
             if not Path(where).expanduser().exists():
                 raise FileNotFoundError(f"tasks: {name!r}: {where} does not exist")
-        elif name not in DEMO_TASKS and name not in RECIPES:
+        elif name not in RECIPES:
             raise ValueError(f"tasks: unknown task {name!r}; known tasks: {known_tasks()}")
     if not modes or any(m not in MODES for m in modes):
         raise ValueError(f"modes must be a non-empty list of {MODES}, got {modes!r}")
@@ -207,7 +195,7 @@ def benchmark_downstream(checkpoint: str, tasks: list[str], modes: list[str] = [
     with ExitStack() as stack:
         cluster = OnDemandCluster(dask_address, n_workers, stack)  # started only if something is extracted
         for task_name in dict.fromkeys(tasks):
-            manifest = prepare_task(resolve_task(task_name, data_dir), data_dir, (sources or {}).get(task_name))
+            manifest = prepare_task(task_name, data_dir, (sources or {}).get(task_name))
             check_splits(task_name, manifest)
             features = cache_features(manifest, data_dir, dask_address=dask_address, n_workers=n_workers)
             feature_key = FeatureReader(features).attrs["feature_key"]

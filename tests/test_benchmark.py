@@ -6,9 +6,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from demo.tasks import DEMO_TASKS, demo_task_folder, generate_task
+from downstream import GENERATED_RECIPES
+from downstream.generated import GENERATED_TASKS, generated_task_folder, write_generated_task
 from flows import benchmark_downstream, cache_features, pretrain_decar
-from flows.benchmark import resolve_checkpoint, resolve_task
+from flows.benchmark import resolve_checkpoint
 from storage.layout import RunLayout
 from storage.records import file_sha256
 from tests.helpers import task_states, tone_manifest
@@ -26,7 +27,7 @@ def run_dir(tmp_path_factory, dask_address) -> str:
 
 
 def test_three_models_both_modes_then_a_cached_rerun(run_dir, tmp_path, dask_address):
-    folder = generate_task("demo-families", tmp_path / "families", per_class=5)  # 8 classes, 24/8/8 clips
+    folder = write_generated_task("synth-instrument", tmp_path / "families", scale=0.2)  # 5 classes, 30/10/25 clips
     checkpoint = RunLayout(run_dir).checkpoint(0)
     args = dict(tasks=[f"folder:{folder}"], modes=["frozen", "finetune"], data_dir=str(tmp_path / "data"),
                 epochs=1, batch_size=8, dask_address=dask_address)
@@ -39,7 +40,7 @@ def test_three_models_both_modes_then_a_cached_rerun(run_dir, tmp_path, dask_add
         ("finetune", "decar"), ("finetune", "random-init"),
         ("frozen", "decar"), ("frozen", "logmel-stats"), ("frozen", "random-init")]
     for r in rows:
-        assert (r["n_train"], r["n_valid"], r["n_test"], r["classes"]) == (24, 8, 8, 8)
+        assert (r["n_train"], r["n_valid"], r["n_test"], r["classes"]) == (30, 10, 25, 5)
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 and r["best_epoch"] == 1
         assert r["checkpoint_sha256"] == file_sha256(checkpoint) and r["task"] == f"folder:{folder}"
 
@@ -67,26 +68,35 @@ def test_checkpoint_specs_resolve(run_dir):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(tasks=["no-such-task"]), "tasks: unknown task 'no-such-task'; known tasks: .*demo-families"),
+    (dict(tasks=["no-such-task"]), "tasks: unknown task 'no-such-task'; known tasks: .*synth-speaker"),
     (dict(modes=["linear"]), "modes must be"),
     (dict(epochs=0), "epochs must be >= 1"),
     (dict(checkpoint="nowhere/checkpoint.pt"), "checkpoint 'nowhere/checkpoint.pt' not found"),
 ])
 def test_parameters_are_checked_before_any_work(run_dir, tmp_path, bad, message):
-    args = {**dict(checkpoint=f"{run_dir}:latest", tasks=["demo-pitch"], data_dir=str(tmp_path)), **bad}
+    args = {**dict(checkpoint=f"{run_dir}:latest", tasks=["synth-keyword"], data_dir=str(tmp_path)), **bad}
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         benchmark_downstream(**args)
-    assert not (tmp_path / "demo-tasks").exists()
+    assert not (tmp_path / "generated-tasks").exists()
 
 
-def test_demo_tasks_are_generated_once_and_deterministic(tmp_path):
-    folder = demo_task_folder("demo-pitch", tmp_path, per_class=2)
-    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.wav")) == [
-        f"{c}/{i:03d}.wav" for c in ("high", "low", "mid") for i in range(2)]
-    first = (folder / "low" / "000.wav").stat().st_mtime_ns
-    assert demo_task_folder("demo-pitch", tmp_path, per_class=2) == folder
-    assert (folder / "low" / "000.wav").stat().st_mtime_ns == first  # not regenerated
-    again = generate_task("demo-pitch", tmp_path / "again", per_class=2)
-    assert (again / "mid" / "001.wav").read_bytes() == (folder / "mid" / "001.wav").read_bytes()
-    assert set(DEMO_TASKS) == {"demo-families", "demo-pitch"}
-    assert resolve_task("demo-pitch", str(tmp_path)).name.startswith("folder-demo-pitch-")
+def test_generated_tasks_are_written_once_and_deterministic(tmp_path):
+    folder = generated_task_folder("synth-scene", tmp_path, scale=0.03)
+    classes = GENERATED_TASKS["synth-scene"].classes
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.wav")) == sorted(
+        f"{split}/{c}/000.wav" for split in ("train", "valid", "test") for c in classes)
+    first = (folder / "test" / classes[0] / "000.wav").stat().st_mtime_ns
+    assert generated_task_folder("synth-scene", tmp_path, scale=0.03) == folder
+    assert (folder / "test" / classes[0] / "000.wav").stat().st_mtime_ns == first  # not rewritten
+    again = write_generated_task("synth-scene", tmp_path / "again", scale=0.03)
+    assert (again / "valid" / classes[1] / "000.wav").read_bytes() == (
+        folder / "valid" / classes[1] / "000.wav").read_bytes()
+
+
+def test_generated_recipe_prepares_its_splits(tmp_path):
+    manifest = GENERATED_RECIPES["synth-keyword"].prepare(tmp_path)  # written under tmp_path/generated-tasks
+    rows = pq.read_table(manifest).to_pylist()
+    counts = GENERATED_TASKS["synth-keyword"].counts()
+    assert {s: sum(r["split"] == s for r in rows) for s in counts} == counts
+    assert counts["test"] >= 100 and all(r["status"] == "ok" for r in rows)
+    assert (tmp_path / "generated-tasks" / "synth-keyword").is_dir()

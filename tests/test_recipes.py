@@ -18,7 +18,7 @@ import soundfile as sf
 
 from storage.layout import DataLayout
 from storage.manifest import read_manifest
-from downstream import RECIPES, get_recipe
+from downstream import GENERATED_RECIPES, PAPER_RECIPES, RECIPES, get_recipe
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -354,11 +354,13 @@ def test_csv_recipe_and_its_errors(tmp_path):
 
 
 def test_get_recipe_names():
-    assert set(RECIPES) == {"speech-commands-v1", "speech-commands-v2", "librispeech-speaker", "voxceleb1-speaker",
-                            "iemocap-emotion", "tut-urban-2018", "bird-song", "voxforge-language",
-                            "nsynth-instrument"}
+    assert set(PAPER_RECIPES) == {"speech-commands-v1", "speech-commands-v2", "librispeech-speaker",
+                                  "voxceleb1-speaker", "iemocap-emotion", "tut-urban-2018", "bird-song",
+                                  "voxforge-language", "nsynth-instrument"}
     assert all(r.paper_scores and set(r.paper_scores) == {"random_frozen", "random_finetuned", "decar_frozen",
-                                                          "decar_finetuned"} for r in RECIPES.values())
+                                                          "decar_finetuned"} for r in PAPER_RECIPES.values())
+    assert set(RECIPES) == set(PAPER_RECIPES) | set(GENERATED_RECIPES)
+    assert set(GENERATED_RECIPES) == {"synth-speaker", "synth-keyword", "synth-instrument", "synth-scene"}
     with pytest.raises(ValueError, match="known tasks: .*speech-commands-v1"):
         get_recipe("speech-commands-v3")
     assert get_recipe("folder:/a/x").name != get_recipe("folder:/b/x").name
