@@ -51,6 +51,11 @@ def epoch_row(m: dict) -> dict:
     return {"epoch": m["epoch"], "loss": round(m["loss"], 4),
             "nmi": None if m["nmi"] is None else round(m["nmi"], 4), "clusters": m["clusters"],
             "largest_cluster_%": round(100 * m["largest_fraction"], 1),
+            "loss_vs_ln_k": _round(m["health"]["training"]["loss_vs_chance"], 3),
+            "pseudo_label_acc": round(m["health"]["training"]["pseudo_label_accuracy"], 3),
+            "spread": float(f"{m['health']['embedding']['relative_spread']:.3g}"),
+            "effective_rank": round(m["health"]["embedding"]["effective_rank"], 1),
+            "size_entropy_ratio": round(m["health"]["clusters"]["size_entropy_ratio"], 3),
             **{f"{k}_s": round(v, 2) for k, v in m["seconds"].items()}}
 
 

@@ -5,6 +5,7 @@ pretrain-decar runs all four, recluster only cluster -> compare.
 """
 from __future__ import annotations
 
+import math
 import time
 
 from prefect import get_run_logger
@@ -13,6 +14,7 @@ from flows.runners import OnDemandCluster
 from flows.run_config import EpochKeys
 from flows.sharded import fill_shards
 from model.config import RunConfig
+from model.health import collapse_warnings, training_health
 from storage.atomic import write_json
 from storage.embeddings import create_embeddings
 from storage.layout import RunLayout
@@ -33,13 +35,19 @@ def run_epoch(run: RunLayout, config: RunConfig, epoch: int, keys: EpochKeys, pr
                         config=config.train.model_dump(), epoch=epoch, seed=config.seed, device=device,
                         progress=progress)
     seconds = {"extract": extracted["seconds"], "cluster": clustered["seconds"], "train": trained["seconds"]}
-    get_run_logger().info(
+    health = {**clustered["health"], "training": training_health(trained["loss"], trained["clusters"],
+                                                                  trained["accuracy"])}
+    logger = get_run_logger()
+    for warning in collapse_warnings(health):
+        logger.warning("epoch %d: %s", epoch, warning)
+    logger.info(
         "epoch %d: loss %.4f, NMI %s, %d clusters (largest %.1f%%), %s", epoch, trained["loss"],
         "n/a" if compared["nmi"] is None else f"{compared['nmi']:.4f}", compared["clusters"],
         100 * compared["largest_fraction"], ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
     metrics = {"epoch": epoch, "loss": trained["loss"], "nmi": compared["nmi"], "clusters": compared["clusters"],
                "largest_fraction": compared["largest_fraction"], "algorithm": clustered["algorithm"],
-               "checkpoint": str(run.checkpoint(epoch)), "seconds": seconds}
+               "checkpoint": str(run.checkpoint(epoch)), "seconds": seconds, "health": health,
+               "warnings": collapse_warnings(health)}
     write_json(run.metrics(epoch), metrics)
     return metrics
 

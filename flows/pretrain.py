@@ -31,7 +31,7 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
                    seed: int = 0, device: str = "auto", dask_address: str | None = None,
                    n_workers: int | None = None, crop_frames: int | None = None,
                    samples_per_epoch: int | None = None, width_mult: float = 1.0, embed_shard_size: int = 256,
-                   force_config: bool = False) -> str:
+                   bn_clips: int = 256, allow_degenerate: bool = False, force_config: bool = False) -> str:
     """DECAR pre-training on a feature store; returns the run directory.
 
     Every stage is cached on content keys: rerunning continues where a run stopped, and a
@@ -55,6 +55,11 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
         samples_per_epoch: clips drawn per epoch by the uniform-over-clusters sampler (None: the pool size).
         width_mult: EfficientNet-B0 width multiplier; 1.0 is the paper's network.
         embed_shard_size: clips per extraction shard (one Dask task each).
+        bn_clips: clips of a fixed sample over which batch-norm statistics are recomputed before each
+            extraction (0: keep the running statistics, as the paper's code does; a fresh network then
+            embeds every clip alike).
+        allow_degenerate: train even when the embeddings are (near-)constant or one cluster holds more
+            than half of the clips (the stage fails otherwise, naming the measure).
         force_config: continue an existing run with a changed config.
     """
     logger = get_run_logger()
@@ -62,15 +67,16 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
     run = RunLayout(Path(runs_dir) / run_name)
     config = RunConfig(
         features=str(Path(features).resolve()), feature_key=reader.attrs["feature_key"],
-        model=ModelConfig(width_mult=width_mult), cluster=ClusterConfig(algorithm=algorithm, clusters=clusters),
-        train=TrainConfig(batch_size=batch_size, lr=lr, crop_frames=crop_frames, samples_per_epoch=samples_per_epoch),
+        model=ModelConfig(width_mult=width_mult),
+        cluster=ClusterConfig(algorithm=algorithm, clusters=clusters, allow_degenerate=allow_degenerate),
+        train=TrainConfig(batch_size=batch_size, lr=lr, crop_frames=crop_frames, samples_per_epoch=samples_per_epoch,
+                          bn_clips=bn_clips),
         seed=seed, embed_shard_size=embed_shard_size)
     with DirectoryLock(run.root), ExitStack() as stack:
         config = freeze_run_config(run, config, force_config)
         previous = str(run.initial_checkpoint())
-        run_stage(initialize_model, initial_key(config), checkpoint=previous, model=config.model.model_dump(),
-                  feature_config=reader.attrs["feature_config"], norm={"mean": reader.mean, "std": reader.std},
-                  seed=seed)
+        run_stage(initialize_model, initial_key(config), checkpoint=previous, features=config.features,
+                  model=config.model.model_dump(), train=config.train.model_dump(), seed=seed)
         cluster = OnDemandCluster(dask_address, n_workers, stack)
         history = []
         for epoch, keys in enumerate(epoch_keys(config, epochs - 1)):

@@ -70,7 +70,8 @@ class EpochKeys:
 
 
 def initial_key(config: RunConfig) -> str:
-    return stable_key(KEY_VERSION, "init", config.feature_key, config.model.model_dump(), config.seed)
+    return stable_key(KEY_VERSION, "init", config.feature_key, config.model.model_dump(), config.seed,
+                      config.train.bn_clips, config.train.batch_size)
 
 
 def epoch_keys(config: RunConfig, last_epoch: int) -> list[EpochKeys]:

@@ -57,6 +57,10 @@ class ClusterConfig(_Config):
     pic_sigma: float = Field(0.2, gt=0)
     pic_alpha: float = Field(0.001, gt=0, lt=1)
     pic_iterations: int = Field(200, ge=1)
+    max_largest_fraction: float = Field(0.5, gt=0, le=1, description="the guard refuses a clustering whose "
+                                        "largest cluster holds more of the points than this")
+    allow_degenerate: bool = Field(False, description="train even on (near-)constant embeddings or a clustering "
+                                   "the guard refuses (model/health.py)")
 
 
 class TrainConfig(_Config):
@@ -72,6 +76,8 @@ class TrainConfig(_Config):
     time_mask_frames: int = Field(40, ge=0)
     time_warp: int = Field(5, ge=0)
     samples_per_epoch: int | None = Field(None, ge=1, description="draws per epoch; None = number of clips")
+    bn_clips: int = Field(256, ge=0, description="clips of the run's fixed sample over which batch-norm "
+                          "statistics are recomputed after each epoch (precise BN); 0 keeps training's")
 
 
 class RunConfig(_Config):

@@ -1,4 +1,5 @@
-"""DECAR, the method: one epoch is extract -> cluster -> densify -> sampler -> fresh head -> train.
+"""DECAR, the method: one epoch is extract -> cluster -> densify -> sampler -> fresh head -> train
+(-> batch-norm statistics for the next extraction).
 
 Pure functions over in-memory objects (networks, arrays, iterables of batches): no paths, no
 Prefect. The pipeline's stages (tasks/) call exactly these; `reference_epoch` strings them
@@ -16,6 +17,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader
 
 from model.augment import SpecAugment, random_crop
+from model.batchnorm import recompute_batchnorm
 from model.clustering import cluster
 from model.config import ClusterConfig, TrainConfig
 from model.data import Clips, pad_batch
@@ -33,6 +35,12 @@ def cluster_seed(seed: int, epoch: int) -> int:
 def train_seed(seed: int, epoch: int) -> int:
     """Seed of an epoch's training: torch's RNG (head init, SpecAugment), crops and the sampler."""
     return seed * 1009 + epoch
+
+
+def batchnorm_sample(seed: int, clips: int, count: int) -> np.ndarray:
+    """The run's fixed sample of clip indices for batch-norm statistics (the same every epoch)."""
+    rng = np.random.default_rng([seed, 2081])
+    return np.sort(rng.choice(clips, size=min(count, clips), replace=False))
 
 
 # ---------------------------------------------------------------- the steps of an epoch
@@ -127,6 +135,23 @@ def train_on_pseudo_labels(net: DecarNet, load_clip: Callable[[int], np.ndarray]
     return {**stats, "clusters": clusters, "draws": draws}
 
 
+def precise_batchnorm(net: DecarNet, load_clip: Callable[[int], np.ndarray], sample: np.ndarray,
+                      batch_size: int, device: torch.device) -> int:
+    """Set every batch-norm layer's running statistics to their average over `sample` (clip indices).
+
+    Extraction, the benchmark and the HEAR module run the network in eval mode. With the running
+    statistics a fresh EfficientNet starts with, every input maps to the same embedding (METHODS.md);
+    the exponential averages that training leaves behind describe the last few augmented batches.
+    Running statistics do not enter training-mode forward passes, so replacing them changes nothing
+    of the training itself. Returns the number of clips seen (0: sample empty, statistics untouched)."""
+    if len(sample) == 0:
+        return 0
+    batches = (add_channel(pad_batch([(torch.as_tensor(load_clip(int(i))), 0)
+                                      for i in sample[a:a + batch_size]])[0])
+               for a in range(0, len(sample), batch_size))
+    return recompute_batchnorm(net, batches, device, forward=lambda n, x: n.embed(x))
+
+
 def should_stop(history: list[dict], patience: int) -> bool:
     """Early stop: the epoch-to-epoch NMI has not improved for `patience` epochs."""
     best, since = None, 0
@@ -161,6 +186,9 @@ def reference_epoch(net: DecarNet, logmels: list[np.ndarray], mean: float, std: 
     # 2. cluster: PCA-whitening + L2 + k-means (or PIC), a new seed each epoch
     labels = cluster(z, cluster_cfg, cluster_seed(seed, epoch))
     # 3-6. densify -> uniform-over-clusters sampler -> fresh head -> one epoch of SGD
-    stats = train_on_pseudo_labels(net, lambda i: (logmels[i] - mean) / std, labels, train_cfg, seed, epoch,
-                                   device)
+    load_clip = lambda i: (logmels[i] - mean) / std  # noqa: E731
+    stats = train_on_pseudo_labels(net, load_clip, labels, train_cfg, seed, epoch, device)
+    # 7. eval-mode statistics for the next extraction: batch norm averaged over the run's fixed sample
+    precise_batchnorm(net, load_clip, batchnorm_sample(seed, len(logmels), train_cfg.bn_clips),
+                      train_cfg.batch_size, device)
     return labels, stats

@@ -9,6 +9,7 @@ import numpy as np
 from model.clustering import cluster, cluster_stats, nmi
 from model.config import ClusterConfig
 from model.decar import cluster_seed
+from model.health import check_clustering, cluster_health, embedding_health
 from model.runtime import set_threads
 from storage.atomic import write_json
 from storage.embeddings import read_embeddings
@@ -31,12 +32,18 @@ def cluster_embeddings(embeddings: str, features: str, labels: str, config: dict
     rows = reader.usable
     started = time.perf_counter()
     verify_store(embeddings)
-    assignment = cluster(read_embeddings(embeddings, rows), cfg, cluster_seed(seed, epoch))
+    z = read_embeddings(embeddings, rows)
+    health = embedding_health(z)
+    assignment = cluster(z, cfg, cluster_seed(seed, epoch))
+    if not cfg.allow_degenerate:  # never train silently on labels that carry no information
+        check_clustering(health, assignment, cfg.max_largest_fraction)
     maybe_crash("cluster")
     write_labels(labels, [reader.clip_ids[r] for r in rows], rows, assignment, epoch, cfg.algorithm)
     stats = cluster_stats(assignment)
-    write_record(labels, key, algorithm=cfg.algorithm, **stats)
-    return {"labels": labels, "algorithm": cfg.algorithm, "seconds": time.perf_counter() - started, **stats}
+    health = {"embedding": health, "clusters": cluster_health(assignment)}
+    write_record(labels, key, algorithm=cfg.algorithm, health=health, **stats)
+    return {"labels": labels, "algorithm": cfg.algorithm, "seconds": time.perf_counter() - started,
+            "health": health, **stats}
 
 
 @stage(name="compare-labels", output="output")

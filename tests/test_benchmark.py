@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory, dask_address) -> str:
     data = tmp_path_factory.mktemp("pretrain")
     store = cache_features(str(tone_manifest(data, n=16, seconds=1.0)), data_dir=str(data), dask_address=dask_address)
     return pretrain_decar(store, "bench", runs_dir=str(data / "runs"), epochs=1, clusters=4, batch_size=8,
-                          width_mult=0.25, dask_address=dask_address)
+                          width_mult=0.25, allow_degenerate=True, dask_address=dask_address)
 
 
 def test_three_models_both_modes_then_a_cached_rerun(run_dir, tmp_path, dask_address):

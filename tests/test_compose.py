@@ -310,7 +310,7 @@ def test_process_topology(tmp_path, dask_address):
 
         runs = shared / "runs"
         params = {"features": features, "run_name": "compose-e2e", "runs_dir": str(runs), "epochs": 1,
-                  "clusters": 4, "width_mult": 0.25, "batch_size": 8, "samples_per_epoch": 32,
+                  "clusters": 4, "width_mult": 0.25, "batch_size": 8, "samples_per_epoch": 32, "allow_degenerate": True,
                   "dask_address": local["scheduler"], "device": "cpu"}
         command = [str(BIN / "prefect"), "deployment", "run", "pretrain-decar/compose"]
         for key, value in params.items():

@@ -41,7 +41,8 @@ def test_pretrain_deployment_runs_on_a_worker(tmp_path, subprocess_env, dask_add
             time.sleep(1)
         prefect_cli(["--no-prompt", "deploy", "--name", "pretrain-decar/local"], env)
         params = {"features": store, "run_name": "deployed", "runs_dir": str(tmp_path / "runs"), "epochs": 1,
-                  "clusters": 4, "batch_size": 8, "width_mult": 0.25, "dask_address": dask_address}
+                  "clusters": 4, "batch_size": 8, "width_mult": 0.25, "dask_address": dask_address,
+                  "allow_degenerate": True}
         out = prefect_cli(["deployment", "run", "pretrain-decar/local", "--params", json.dumps(params),
                            "--watch", "--watch-timeout", "300"], env, timeout=360)
         assert re.search(r"Completed", out), out
