@@ -19,6 +19,7 @@ demo: $(VENV)/.installed
 	$(PY) -m demo
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -rs
 
 bench: $(VENV)/.installed

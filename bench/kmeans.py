@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from sklearn.cluster import KMeans, MiniBatchKMeans  # noqa: E402
 
-from model.clustering import (cluster_stats, l2_normalise, nmi, preprocess_features, run_kmeans,  # noqa: E402
-                              run_pic, set_threads)
+from model.clustering import cluster_stats, l2_normalise, nmi, preprocess_features, run_kmeans, run_pic  # noqa: E402
+from model.runtime import set_threads  # noqa: E402
 
 INIT_OPTIONS = {"random": {"init": "random"}, "kmeans++": {"init": "kmeans++"},
                 "random, redo 3": {"init": "random", "redo": 3}, "kmeans++, redo 3": {"init": "kmeans++", "redo": 3}}

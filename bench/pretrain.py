@@ -3,7 +3,7 @@
 On a generated demo pool (mirror source, no network):
   1. embedding extraction: the stage's compute path (Zarr reads, normalisation, forward) and
      the whole Dask stage vs a bare forward on random tensors of the same shapes;
-  2. training: train_epoch's loop (sampler, loader, SpecAugment, two optimisers) vs a bare
+  2. training: model.decar's loop (sampler, loader, SpecAugment, two optimisers) vs a bare
      forward+backward+step loop on random tensors of the same shapes;
   3. faiss k-means vs scikit-learn KMeans, 200k x 128, k=512, 20 iterations each;
   4. the wall time of a fully cached rerun of pretrain-decar.
@@ -51,10 +51,10 @@ def main() -> None:
 
 def run(args, work: Path) -> None:
     import torch
+    from kmeans import compare_kmeans, mixture
 
     from demo.pool import generate_pool
     from flows import cache_features, download_audioset, pretrain_decar
-    from kmeans import compare_kmeans, mixture
     from model.clustering import nmi
     from storage.features import FeatureReader
 
@@ -86,16 +86,21 @@ def run(args, work: Path) -> None:
 def extraction(reader, run_dir: Path, batch_size: int) -> None:
     import torch
 
-    from flows.pretrain import extract_embeddings
-    from flows.runners import dask_runner
+    from flows.runners import OnDemandCluster, local_cluster
+    from flows.sharded import map_shards
+    from model.decar import embed
+    from model.network import DecarNet
     from storage.checkpoint import load_checkpoint
-    from tasks.embed import embed_rows, network_from_checkpoint
+    from storage.embeddings import create_embeddings
+    from storage.records import read_record
+    from storage.sharded import shard_ranges
+    from tasks.embed import embed_shard
 
     payload = load_checkpoint(run_dir / "init" / "checkpoint.pt")
-    net = network_from_checkpoint(payload, torch.device("cpu"))
+    net = DecarNet.from_checkpoint(payload)
     n = len(reader)
     started = time.perf_counter()
-    embed_rows(net, reader, 0, n, payload["norm"]["mean"], payload["norm"]["std"], batch_size, torch.device("cpu"))
+    embed(net, reader.batches(0, n, batch_size), reader.mean, reader.std, torch.device("cpu"))
     pipeline = n / (time.perf_counter() - started)
 
     widths = [int(reader.lengths[a:a + batch_size].max()) for a in range(0, n, batch_size)]
@@ -106,24 +111,21 @@ def extraction(reader, run_dir: Path, batch_size: int) -> None:
     bare = n / (time.perf_counter() - started)
 
     # the whole Dask stage (2 one-thread workers, cluster start included) on a fresh output
-    from storage.embeddings import create_embeddings
-    from storage.features import shard_ranges
-    from storage.records import read_record
-
     create_embeddings(run_dir / "bench.zarr", n, 512, 64, "bench")
     ckpt = str(run_dir / "init" / "checkpoint.pt")
     jobs = [dict(embeddings=str(run_dir / "bench.zarr"), features=str(reader.path), checkpoint=ckpt,
                  checkpoint_sha256=read_record(ckpt)["sha256"], shard=s, start=a, stop=b, batch_size=batch_size,
                  device="cpu", key=f"bench-{s}") for s, (a, b) in enumerate(shard_ranges(n, 64))]
-    from flows.runners import local_cluster
+    from contextlib import ExitStack
 
-    with local_cluster(2) as address:
+    with local_cluster(2) as address, ExitStack() as stack:
+        runner = OnDemandCluster(address, None, stack).task_runner
         started = time.perf_counter()
-        extract_embeddings.with_options(task_runner=dask_runner(address))(jobs, [False] * len(jobs))
+        map_shards.with_options(task_runner=runner())(embed_shard.name, jobs, [False] * len(jobs), "bench")
         cold = n / (time.perf_counter() - started)  # workers import torch and load the model
         jobs = [{**job, "key": f"bench2-{job['shard']}"} for job in jobs]
         started = time.perf_counter()
-        extract_embeddings.with_options(task_runner=dask_runner(address))(jobs, [False] * len(jobs))
+        map_shards.with_options(task_runner=runner())(embed_shard.name, jobs, [False] * len(jobs), "bench")
         warm = n / (time.perf_counter() - started)  # what later epochs of a run see
     print(f"\nextraction: bare forward {bare:.1f} clips/s; stage compute path {pipeline:.1f} clips/s "
           f"(ratio {pipeline / bare:.2f}); Dask stage on 2 one-thread workers: first use {cold:.1f} clips/s "
@@ -134,23 +136,26 @@ def training(store: str, run_dir: Path, batch_size: int, clips: int) -> None:
     import torch
     from torch import nn
 
+    from model.config import TrainConfig
+    from model.decar import train_on_pseudo_labels
+    from model.network import DecarNet
     from storage.checkpoint import load_checkpoint
-    from tasks.embed import network_from_checkpoint
-    from tasks.train import train_epoch
+    from storage.features import FeatureReader
+    from storage.labels import read_labels
 
-    config = {"batch_size": batch_size, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-5, "head_lr": None,
-              "crop_frames": None, "freq_masks": 2, "freq_mask_bins": 30, "time_masks": 2,
-              "time_mask_frames": 40, "time_warp": 5, "samples_per_epoch": None}
-    out = train_epoch.fn(store, str(run_dir / "epoch-000" / "labels.parquet"),
-                         str(run_dir / "init" / "checkpoint.pt"), str(run_dir / "bench-ckpt.pt"),
-                         config, 0, 0, "cpu", key="bench")
-    pipeline = out["steps"] * batch_size / out["seconds"]
-
+    reader = FeatureReader(store)
+    _, labels, rows = read_labels(run_dir / "epoch-000" / "labels.parquet")
     payload = load_checkpoint(run_dir / "init" / "checkpoint.pt")
-    net = network_from_checkpoint(payload, torch.device("cpu")).train()
+    net = DecarNet.from_checkpoint(payload)
+    started = time.perf_counter()
+    out = train_on_pseudo_labels(net, lambda i: (reader.get(int(rows[i])) - reader.mean) / reader.std, labels,
+                                 TrainConfig(batch_size=batch_size), seed=0, epoch=0, device=torch.device("cpu"))
+    pipeline = out["steps"] * batch_size / (time.perf_counter() - started)
+
+    net = DecarNet.from_checkpoint(payload).train()
     net.reset_head(16)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    width = int(torch.tensor(load_lengths(store)).max())
+    width = int(reader.lengths.max())
     started = time.perf_counter()
     for _ in range(out["steps"]):
         loss = nn.functional.cross_entropy(net(torch.randn(batch_size, 1, 64, width)),
@@ -159,14 +164,8 @@ def training(store: str, run_dir: Path, batch_size: int, clips: int) -> None:
         loss.backward()
         opt.step()
     bare = out["steps"] * batch_size / (time.perf_counter() - started)
-    print(f"training: bare forward+backward {bare:.1f} clips/s; train_epoch loop {pipeline:.1f} clips/s "
+    print(f"training: bare forward+backward {bare:.1f} clips/s; train_on_pseudo_labels loop {pipeline:.1f} clips/s "
           f"(ratio {pipeline / bare:.2f}) over {out['steps']} steps")
-
-
-def load_lengths(store: str):
-    from storage.features import FeatureReader
-
-    return FeatureReader(store).lengths
 
 
 if __name__ == "__main__":

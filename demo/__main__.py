@@ -108,7 +108,7 @@ def run_benchmark(run_dir: str, args) -> str | None:
     except ImportError:
         return None
     t = step("benchmark-downstream: linear probes on generated tasks, DECAR vs random init vs log-mel stats")
-    results = benchmark_downstream(f"{run_dir}:latest", tasks=["demo-families", "demo-pitch"],
+    results = benchmark_downstream(f"{run_dir}:latest", tasks=["synth-speaker", "synth-instrument"],
                                    data_dir=args.data_dir, epochs=50)
     print(f"    done in {time.perf_counter() - t:.1f} s -> {results}")
     print(_results_table(results))

@@ -17,8 +17,8 @@ from downstream.instruments import NSYNTH
 from downstream.language import VOXFORGE
 from downstream.scenes import TUT_URBAN
 from downstream.speakers import LIBRISPEECH, VOXCELEB
-from downstream.speech_commands import V1 as SPEECH_COMMANDS_V1, V2 as SPEECH_COMMANDS_V2
-
+from downstream.speech_commands import V1 as SPEECH_COMMANDS_V1
+from downstream.speech_commands import V2 as SPEECH_COMMANDS_V2
 
 
 def _generated_recipe(name: str) -> Recipe:

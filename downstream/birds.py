@@ -34,7 +34,8 @@ def collect(roots: list[Path], work_dir: Path) -> list[Entry]:
     entries = []
     for dataset, itemid, label in items:
         folders = [r / "wav" for r in roots] + [r / ARCHIVES[dataset] / "wav" for r in roots]
-        path = next((f / f"{itemid}.wav" for f in folders if (f / f"{itemid}.wav").exists()), folders[0] / f"{itemid}.wav")
+        path = next((f / f"{itemid}.wav" for f in folders if (f / f"{itemid}.wav").exists()),
+                    folders[0] / f"{itemid}.wav")
         entries.append(Entry(f"{dataset}/{itemid}", path, label, splits[f"{dataset}/{itemid}"], dataset))
     return entries
 

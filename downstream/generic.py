@@ -14,8 +14,8 @@ import csv
 import re
 from pathlib import Path
 
-from storage.records import stable_key
 from downstream.base import SPLITS, Entry, Recipe, Source, assign_splits, audio_files, clip_id_of
+from storage.records import stable_key
 
 
 def collect_folder(roots: list[Path], work_dir: Path) -> list[Entry]:

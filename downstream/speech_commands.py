@@ -14,8 +14,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from storage.atomic import atomic_path
 from downstream.base import Entry, Recipe, RemoteFile, Source, find_dir
+from storage.atomic import atomic_path
 
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 CLASSES = WORDS + ("_unknown_", "_silence_")

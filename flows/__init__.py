@@ -7,8 +7,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # Dask's INFO lines (every worker start and stop) drown the flows' own progress lines.
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
-from flows.download import download_audioset  # noqa: E402
 from flows.benchmark import benchmark_downstream  # noqa: E402
+from flows.download import download_audioset  # noqa: E402
 from flows.features import cache_features  # noqa: E402
 from flows.pretrain import pretrain_decar  # noqa: E402
 from flows.recluster import recluster  # noqa: E402

@@ -20,8 +20,16 @@ from prefect.futures import as_completed
 
 from storage.layout import DataLayout
 from storage.manifest import OK, write_manifest
-from tasks.download import (DEFAULT_URL_TEMPLATE, SOURCES, DownloadOptions, dataset_name, download_batch,
-                            read_segments, remove_stale_temps, select_subset)
+from tasks.download import (
+    DEFAULT_URL_TEMPLATE,
+    SOURCES,
+    DownloadOptions,
+    dataset_name,
+    download_batch,
+    read_segments,
+    remove_stale_temps,
+    select_subset,
+)
 
 BALANCED_TRAIN_CSV = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/balanced_train_segments.csv"
 MAX_BATCH = 32
@@ -79,10 +87,21 @@ def download_audioset(
 ) -> str:
     """Download AudioSet segments as 16 kHz mono FLAC; returns the manifest's path.
 
-    segments: a segments CSV (path or URL) in AudioSet's format. source: 'youtube'
-    (yt-dlp with url_template, default YouTube's watch URL) or 'mirror' (a folder or
-    URL with <clip_id>.<ext> files). limit / fraction: a deterministic subset.
-    dataset: the manifest's name (default: the CSV's file name without extension).
+    Every clip gets one manifest row: ok, or failed with its reason. Resumable: finished clips
+    are kept, transient errors retried with backoff.
+
+    Args:
+        segments: a segments CSV (path or URL) in AudioSet's format.
+        source: "youtube" (yt-dlp with url_template) or "mirror" (a folder or base URL of audio files).
+        url_template: the video URL for yt-dlp, with {ytid} (default: YouTube's watch URL).
+        mirror: the mirror's folder or base URL (source="mirror"), holding <clip_id>.<ext> files.
+        data_dir: root of data/: audio under data/audio/<source>/, the manifest under data/manifests/.
+        limit: keep at most this many segments (a deterministic subset).
+        fraction: keep this fraction of the segments (a deterministic subset), 0 < fraction <= 1.
+        dataset: the manifest's name (default: the CSV's file name without extension).
+        concurrency: clips downloaded at the same time.
+        retries: further attempts after a transient error (network, rate limit).
+        timeout_s: seconds before one download attempt is abandoned.
     """
     check_parameters(source, url_template, mirror, limit, fraction, concurrency, retries, timeout_s)
     logger = get_run_logger()

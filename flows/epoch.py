@@ -5,13 +5,12 @@ pretrain-decar runs all four, recluster only cluster -> compare.
 """
 from __future__ import annotations
 
-import math
 import time
 
 from prefect import get_run_logger
 
-from flows.runners import OnDemandCluster
 from flows.run_config import EpochKeys
+from flows.runners import OnDemandCluster
 from flows.sharded import fill_shards
 from model.config import RunConfig
 from model.health import collapse_warnings, training_health

@@ -23,7 +23,8 @@ def recompute_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor], device:
     """Reset the running statistics of every BatchNorm in `net`, then set them to the cumulative
     average over `batches` (inputs as the network gets them, e.g. (B, 1, n_mels, T)), run forward
     without gradients with the BatchNorms in train mode and everything else in eval mode (so
-    stochastic depth and dropout stay off and the statistics are those of the eval-mode network). Momenta and the train/eval mode of every module are restored.
+    stochastic depth and dropout stay off and the statistics are those of the eval-mode network).
+    Momenta and the train/eval mode of every module are restored.
     `forward(net, x)` defaults to net(x); pass e.g. `lambda n, x: n.embed(x)` for a net without head.
     Deterministic for the same batches. Returns the number of examples seen."""
     layers = batchnorm_layers(net)

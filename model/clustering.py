@@ -25,14 +25,6 @@ PIC_EXACT_MAX = 50_000
 KMEANSPP_POINTS_PER_CENTROID = 64
 
 
-def set_threads(n: int) -> None:
-    """Cap faiss (OpenMP) and torch threads, e.g. one per Dask worker thread."""
-    import torch
-
-    faiss.omp_set_num_threads(n)
-    torch.set_num_threads(n)
-
-
 def _as_float32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 

@@ -24,7 +24,6 @@ from model.data import Clips, pad_batch
 from model.network import DecarNet, add_channel
 from model.sampler import UniformClusterSampler
 
-
 # ---------------------------------------------------------------- seeds (the only place they are derived)
 
 def cluster_seed(seed: int, epoch: int) -> int:

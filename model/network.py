@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchvision.models import efficientnet_b0
-from torchvision.models.efficientnet import _efficientnet_conf, EfficientNet
+from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
 
 from model.config import ModelConfig
 

@@ -8,7 +8,6 @@ or is stale, `run_stage` refreshes the cache and the stage recomputes.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import Task, task

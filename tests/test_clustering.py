@@ -4,9 +4,17 @@ import json
 import numpy as np
 import pytest
 
-from model import clustering
-from model.clustering import (cluster, cluster_stats, kmeans_plusplus, l2_normalise, nmi, preprocess_features,
-                              run_kmeans, run_pic)
+from model import clustering, runtime
+from model.clustering import (
+    cluster,
+    cluster_stats,
+    kmeans_plusplus,
+    l2_normalise,
+    nmi,
+    preprocess_features,
+    run_kmeans,
+    run_pic,
+)
 from model.config import ClusterConfig
 
 
@@ -118,9 +126,9 @@ def test_set_threads():
     import torch
 
     before = torch.get_num_threads()
-    clustering.set_threads(1)
+    runtime.set_threads(1)
     assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
-    clustering.set_threads(before)
+    runtime.set_threads(before)
 
 
 def test_kmeanspp_finds_every_component_where_random_init_merges_some():

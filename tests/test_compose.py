@@ -331,7 +331,8 @@ def test_process_topology(tmp_path, dask_address):
         # Completed in PostgreSQL itself, with the deployment and pool of the compose stack.
         row = pg.psql(pg.db, "SELECT fr.state_type, d.name, wp.name FROM flow_run fr "
                              "JOIN deployment d ON d.id = fr.deployment_id "
-                             "JOIN work_queue wq ON wq.id = d.work_queue_id JOIN work_pool wp ON wp.id = wq.work_pool_id "
+                             "JOIN work_queue wq ON wq.id = d.work_queue_id "
+                             "JOIN work_pool wp ON wp.id = wq.work_pool_id "
                              f"WHERE fr.id = '{flow_run_id}'")
         assert row == f"COMPLETED|compose|{POOL}"
         deployment = api(f"{api_url}/deployments/name/pretrain-decar/compose", auth)

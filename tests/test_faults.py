@@ -26,8 +26,8 @@ import zarr
 from flows.features import cache_features
 from flows.pretrain import pretrain_decar
 from storage.checkpoint import CorruptCheckpoint
-from storage.sharded import CorruptShard
 from storage.records import file_sha256, read_record
+from storage.sharded import CorruptShard
 from tests.helpers import tone_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -420,7 +420,7 @@ def bad_calls(store: str, tmp: Path):
         pass
     try:
         from flows.benchmark import benchmark_downstream
-        yield benchmark_downstream, dict(checkpoint=str(tmp / "missing.pt"), tasks=["demo-pitch"],
+        yield benchmark_downstream, dict(checkpoint=str(tmp / "missing.pt"), tasks=["synth-keyword"],
                                          data_dir=str(tmp / "data")), "checkpoint"
     except ImportError:
         pass

@@ -5,8 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from model.health import (DegenerateClustering, check_clustering, cluster_health, collapse_warnings,
-                          embedding_health, training_health)
+from model.health import (
+    DegenerateClustering,
+    check_clustering,
+    cluster_health,
+    collapse_warnings,
+    embedding_health,
+    training_health,
+)
 
 BALANCED = np.arange(1000) % 10
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from flows import cache_features, pretrain_decar, recluster
-from model.decar import should_stop
 from flows.run_config import ConfigMismatch
+from model.decar import should_stop
 from storage.checkpoint import load_checkpoint
 from storage.layout import RunLayout
 from storage.locks import DirectoryLock, LockedError

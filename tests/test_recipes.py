@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from downstream import GENERATED_RECIPES, PAPER_RECIPES, RECIPES, get_recipe
 from storage.layout import DataLayout
 from storage.manifest import read_manifest
-from downstream import GENERATED_RECIPES, PAPER_RECIPES, RECIPES, get_recipe
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
