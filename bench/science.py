@@ -45,6 +45,11 @@ def parse_args(argv=None):
     a("--pca-dim", type=int, default=128)
     a("--crop", type=int, default=96, help="TrainConfig.crop_frames (0 = whole clip)")
     a("--batch", type=int, default=64)
+    a("--freq-masks", type=int, default=2, help="SpecAugment (paper: 2 masks of up to 30 bins)")
+    a("--freq-mask-bins", type=int, default=30)
+    a("--time-masks", type=int, default=2, help="SpecAugment (paper: 2 masks of up to 40 frames)")
+    a("--time-mask-frames", type=int, default=40)
+    a("--time-warp", type=int, default=5)
     a("--lr", type=float, default=0.05, help="body lr (SGD, momentum 0.9, wd 1e-5)")
     a("--head-lr", type=float, default=None, help="head lr (plain SGD); default = --lr")
     a("--schedule", choices=["constant", "cosine"], default="constant", help="body lr over all steps")
@@ -52,9 +57,13 @@ def parse_args(argv=None):
     a("--head", choices=["fresh", "warmup", "centroids"], default="fresh",
       help="fresh: N(0, 0.01) head (paper); warmup: the fresh head first fitted on the extracted z "
            "with the body frozen; centroids: rows = L2-normalised cluster centroids of z / temperature")
-    a("--warmup-steps", type=int, default=200, help="full-batch steps of the head warm-up")
+    a("--warmup-steps", type=int, default=20, help="head warm-up: batches (augmented draws, body frozen)")
+    a("--warmup-lr", type=float, default=1e-2, help="head warm-up: Adam lr")
     a("--temperature", type=float, default=0.1, help="centroid head: logits = cos(z, c) / T")
     a("--bn-clips", type=int, default=256, help="precise BN sample (0 = never recompute: the paper)")
+    a("--clip-norm", action="store_true",
+      help="subtract each clip's mean log-mel (one scalar: its loudness) before the network, for every "
+           "network model alike (not for the log-mel statistics baseline)")
     a("--pooling", choices=["max", "meanmax", "both"], default="both",
       help="frozen representation: global max over the last map (paper) and/or mean+max over time")
     a("--probe-epochs", type=int, default=200)
@@ -192,48 +201,50 @@ def bootstrap(correct: list[np.ndarray], resamples: int, seed: int = 0) -> tuple
     return float(c.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def evaluate(features, tasks: dict, probe_epochs: int) -> dict:
-    """features(log-mel split array) -> (N, d); returns task -> {accuracy, correct}."""
+def evaluate(features, tasks: dict, probe_epochs: int, key: str = "splits") -> dict:
+    """features(log-mel split array) -> (N, d); returns task -> {accuracy, correct}.
+    key: "splits" (the network's input: normalised tensors) or "raw" (log-mel as computed)."""
     out = {}
     for name, task in tasks.items():
-        splits = {s: (features(x), y) for s, (x, y) in task["splits"].items()}
+        splits = {s: (features(x), y) for s, (x, y) in task[key].items()}
         acc, correct = probe(splits["train"], splits["valid"], splits["test"], task["classes"], probe_epochs)
         out[name] = {"accuracy": acc, "correct": correct}
     return out
 
 
 # =============================================================================== DECAR
-# One epoch: extract -> precise BN -> cluster -> densify -> sampler -> fresh/centroid head -> train.
+# One epoch: precise BN -> extract -> cluster -> densify -> sampler -> fresh/warm/centroid head -> train,
+# with model/decar.py's steps and seeds (the pipeline's), plus precise BN, head init and lr schedule.
 
 def decar_run(args, seed: int, pool_t, tasks: dict, log) -> dict:
+    import copy
+
     import torch
     from torch import nn
 
-    from model.augment import SpecAugment, random_crop
+    from model.augment import SpecAugment
     from model.clustering import cluster, cluster_stats, nmi
-    from model.config import ClusterConfig, ModelConfig
+    from model.config import ClusterConfig, ModelConfig, TrainConfig
+    from model.decar import cluster_seed, densify_labels, make_optimisers, train_one_epoch, train_seed
     from model.network import DecarNet
     from model.sampler import UniformClusterSampler
 
     poolings = ["max", "meanmax"] if args.pooling == "both" else [args.pooling]
     eval_epochs = sorted(set(args.eval_epochs if args.eval_epochs is not None
                              else [0, args.epochs // 2, args.epochs]))
-    n = len(pool_t)
+    n, frames = len(pool_t), pool_t.shape[-1]
     draws = int(round(args.draws * n))
-    steps_per_epoch = draws // args.batch
+    train_cfg = TrainConfig(batch_size=args.batch, lr=args.lr, head_lr=args.head_lr, crop_frames=args.crop or None,
+                            samples_per_epoch=draws, freq_masks=args.freq_masks, freq_mask_bins=args.freq_mask_bins,
+                            time_masks=args.time_masks, time_mask_frames=args.time_mask_frames,
+                            time_warp=args.time_warp)
+    steps_per_epoch = draws // args.batch  # full batches only
     total_steps = steps_per_epoch * args.epochs
     cluster_cfg = ClusterConfig(clusters=args.k, pca_dim=args.pca_dim)
-    augment = SpecAugment()  # the paper's: warp 5, 2 x 30 mel bins, 2 x 40 frames
     bn_index = np.sort(np.random.default_rng([seed, 7]).choice(n, min(args.bn_clips, n), replace=False)) \
         if args.bn_clips else None
-
-    torch.manual_seed(seed)
-    net = DecarNet(ModelConfig(width_mult=args.width, embedding_dim=args.embedding_dim))
-    body = list(net.parameters())
-    body_opt = torch.optim.SGD(body, lr=args.lr, momentum=0.9, weight_decay=1e-5)
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(body_opt, max(total_steps, 1))
-                if args.schedule == "cosine" else None)
-    generator = torch.Generator().manual_seed(seed)
+    device = torch.device("cpu")
+    net = DecarNet.random_init(ModelConfig(width_mult=args.width, embedding_dim=args.embedding_dim), seed)
     result = {"seed": seed, "evals": {}, "epochs": []}
 
     def run_eval(label: str, network) -> None:
@@ -245,78 +256,80 @@ def decar_run(args, seed: int, pool_t, tasks: dict, log) -> dict:
             f"{t} {result['evals'][f'{label}|{p}'][t]['accuracy']:.3f}{'' if p == 'max' else '(mm)'}"
             for t in tasks for p in poolings) + f"  [{time.perf_counter() - started:.0f} s]")
 
-    # (a) random init with default BN statistics: a copy of the initial network, untouched
-    import copy
+    # (a) random init with default BN statistics: the initial network, untouched, eval mode
     run_eval("random-defaultBN", copy.deepcopy(net))
 
     previous = None
     for epoch in range(args.epochs + 1):
         started = time.perf_counter()
-        # 1. precise BN, then 2. extract z (eval mode, fixed order)
+        # 1. precise BN on a fixed sample of pool clips (before every extraction and evaluation)
         if bn_index is not None:
             precise_bn(net, pool_t, bn_index, 128)
         if epoch in eval_epochs:  # (b) epoch 0 = random init with precise BN
             run_eval(f"decar-{epoch}", net)
         if epoch == args.epochs:
             break
+        # 2. extract z, eval mode, fixed order
         z = extract(net, pool_t)
         # 3. cluster: PCA-whitening + L2 + k-means, a new seed each epoch; 4. densify
-        labels = cluster(z, cluster_cfg, seed * 1000 + epoch)
-        _, labels = np.unique(labels, return_inverse=True)
-        clusters = int(labels.max()) + 1
+        labels, clusters = densify_labels(cluster(z, cluster_cfg, cluster_seed(seed, epoch)))
         stats = {"epoch": epoch, "clusters": clusters, "ln_k": math.log(clusters),
                  "nmi_prev": nmi(previous, labels) if previous is not None else None,
                  "largest_fraction": cluster_stats(labels)["largest_fraction"],
                  "z_spread": float(z.std(0).mean() / (np.linalg.norm(z, axis=1).mean() + 1e-30))}
         previous = labels
-        # 5. sampler: uniform over clusters, `draws` per epoch
-        sampler = UniformClusterSampler(labels, draws, seed=seed)
-        sampler.set_epoch(epoch)
-        order = sampler.indices()
+        # 5. sampler: uniform over clusters, `draws` per epoch (seeded as the pipeline's)
+        torch.manual_seed(train_seed(seed, epoch))
+        generator = torch.Generator().manual_seed(train_seed(seed, epoch))
+        order = UniformClusterSampler(labels, draws, seed=train_seed(seed, epoch)).indices()
         # 6. head: fresh N(0, 0.01) (paper), warmed up on z with the body frozen, or centroids
         head = net.reset_head(clusters)
-        if args.head == "centroids":
+        if args.head == "centroids":  # DeepCluster-v2: prototypes = normalised centroids, cos / T
             zn = torch.nn.functional.normalize(torch.from_numpy(z), dim=1)
             centroids = torch.zeros(clusters, z.shape[1]).index_add_(0, torch.from_numpy(labels), zn)
             with torch.no_grad():
                 head.weight.copy_(torch.nn.functional.normalize(centroids, dim=1)
                                   / (args.temperature * float(np.linalg.norm(z, axis=1).mean() + 1e-12)))
-        elif args.head == "warmup":
-            zt, yt = torch.from_numpy(z), torch.from_numpy(labels)
-            opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-            for _ in range(args.warmup_steps):
-                loss = nn.functional.cross_entropy(head(zt), yt)
+        elif args.head == "warmup":  # fit the fresh head on augmented training draws, body frozen
+            from model.augment import random_crop
+
+            spec = SpecAugment.from_config(train_cfg)
+            opt = torch.optim.Adam(head.parameters(), lr=args.warmup_lr)
+            warm = UniformClusterSampler(labels, args.warmup_steps * args.batch, seed=train_seed(seed, epoch) + 1)
+            net.train()
+            for rows in torch.from_numpy(warm.indices()).split(args.batch):
+                x = pool_t[rows]
+                if args.crop:
+                    x, _ = random_crop(x, None, args.crop, generator)
+                with torch.no_grad():
+                    zb = net.embed(spec(x)[:, None])
+                loss = nn.functional.cross_entropy(head(zb), torch.from_numpy(labels)[rows])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
             stats["warmup_loss"] = float(loss)
-        head_opt = torch.optim.SGD(head.parameters(), lr=args.head_lr or args.lr)
+        optimisers = make_optimisers(net, train_cfg)
         # 7. train: crops + SpecAugment, cross-entropy on the pseudo-labels, body and head
-        net.train()
-        augment.train()
-        losses, correct = [], 0
-        for step in range(steps_per_epoch):
-            rows = torch.from_numpy(order[step * args.batch:(step + 1) * args.batch])
-            x = pool_t[rows]
-            if args.crop:
-                x, lengths = random_crop(x, None, args.crop, generator)
-            x = augment(x)
-            y = torch.from_numpy(labels)[rows]
-            logits = net(x[:, None])
-            loss = nn.functional.cross_entropy(logits, y)
-            body_opt.zero_grad()
-            head_opt.zero_grad()
-            loss.backward()
-            body_opt.step()
-            head_opt.step()
-            if schedule:
-                schedule.step()
-            losses.append(loss.item())
-            correct += int((logits.argmax(1) == y).sum())
-        stats.update(loss=float(np.mean(losses)), loss_first=float(np.mean(losses[:max(1, len(losses) // 5)])),
-                     loss_last=float(np.mean(losses[-max(1, len(losses) // 5):])),
-                     train_accuracy=correct / max(1, steps_per_epoch * args.batch), steps=steps_per_epoch,
-                     seconds=time.perf_counter() - started)
+        labels_t = torch.from_numpy(labels)
+        batches = ((pool_t[rows], torch.full((len(rows),), frames), labels_t[rows])
+                   for rows in torch.from_numpy(order[: steps_per_epoch * args.batch]).split(args.batch))
+        running = []
+
+        def on_step(step: int, mean_loss: float) -> None:
+            running.append(mean_loss)
+            if args.schedule == "cosine":  # body lr over all steps of the run
+                done = epoch * steps_per_epoch + step
+                optimisers[0].param_groups[0]["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * done / total_steps))
+
+        if args.schedule == "cosine":
+            optimisers[0].param_groups[0]["lr"] = args.lr * 0.5 * (
+                1 + math.cos(math.pi * epoch * steps_per_epoch / total_steps))
+        out = train_one_epoch(net, batches, optimisers, SpecAugment.from_config(train_cfg), device,
+                              train_cfg.crop_frames, generator, on_step)
+        losses = np.diff(np.arange(len(running) + 1) * np.array([0.0] + running))  # per-step losses
+        tail = max(1, len(losses) // 5)
+        stats.update(loss=out["loss"], loss_first=float(losses[:tail].mean()), loss_last=float(losses[-tail:].mean()),
+                     train_accuracy=out["accuracy"], steps=out["steps"], seconds=time.perf_counter() - started)
         result["epochs"].append(stats)
         log(f"  seed {seed} epoch {epoch}: loss {stats['loss']:.3f} (first {stats['loss_first']:.3f}, last "
             f"{stats['loss_last']:.3f}) ln k {stats['ln_k']:.3f}, head acc {stats['train_accuracy']:.2f}, NMI prev "
@@ -343,7 +356,10 @@ def main(argv=None) -> dict:
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
 
-    pool = load_pool(args.clips, args.seconds, args.cache)
+    def centre(x):  # --clip-norm: remove each clip's loudness (its mean log-mel)
+        return x - x.mean(axis=(1, 2), keepdims=True) if args.clip_norm else x
+
+    pool = centre(load_pool(args.clips, args.seconds, args.cache))
     mean, std = float(pool.mean()), float(pool.std())
     pool_t = torch.from_numpy((pool - mean) / std)
     names = args.tasks or list(GENERATED_TASKS)
@@ -351,12 +367,12 @@ def main(argv=None) -> dict:
     for name in names:
         splits = load_task(name, args.task_scale, args.task_seconds, args.cache)
         tasks[name] = {"classes": len(GENERATED_TASKS[name].classes), "raw": splits,
-                       "splits": {s: (torch.from_numpy((x - mean) / std), y) for s, (x, y) in splits.items()}}
+                       "splits": {s: (torch.from_numpy((centre(x) - mean) / std), y) for s, (x, y) in splits.items()}}
     log(f"pool {pool.shape}, tasks " + ", ".join(f"{n} {tuple(len(t['raw'][s][1]) for s in t['raw'])}"
                                                  for n, t in tasks.items()))
 
     # (c) log-mel statistics
-    logmel = evaluate(lambda x: np.stack([logmel_statistics(m) for m in x.numpy()]), tasks, args.probe_epochs)
+    logmel = evaluate(lambda x: np.stack([logmel_statistics(m) for m in x]), tasks, args.probe_epochs, "raw")
     log("log-mel stats: " + ", ".join(f"{t} {r['accuracy']:.3f}" for t, r in logmel.items()))
 
     runs = [decar_run(args, seed, pool_t, tasks, log) for seed in args.seeds]
