@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from storage.segments import clip_id as segment_clip_id
+
 SR = 16000
 _ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 _VOWELS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410]])
@@ -33,11 +35,6 @@ _VOWELS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530
 _VIDEO_FORMATS = [("wav", 44100, 2, "PCM_16"), ("flac", 22050, 1, "PCM_16"), ("mp3", 32000, 1, "MPEG_LAYER_III")]
 _MIRROR_FORMATS = [("flac", 16000, 1, "PCM_16"), ("wav", 44100, 2, "PCM_16"), ("ogg", 22050, 1, "VORBIS")]
 CSV_NAME = "balanced_train_segments.csv"
-
-
-def clip_id_of(ytid: str, start_s: float) -> str:
-    """Same rule as tasks.download.clip_id (kept here so the pool needs no Prefect)."""
-    return f"{ytid}_{round(start_s * 1000)}"
 
 
 def _time(n: int) -> np.ndarray:
@@ -202,7 +199,7 @@ def generate_pool(folder: str | Path, n_clips: int = 300, seconds: float = 3.0, 
         before = _normalise(np.sin(2 * np.pi * 1000 * _time(int(start * SR))), 0.5)  # other audio: a beep
         after = _normalise(_noise(rng, SR, 1.0), 0.3)
         video_fmt, mirror_fmt = _VIDEO_FORMATS[i % 3], _MIRROR_FORMATS[i % 3]
-        clip_id = clip_id_of(ytid, start)
+        clip_id = segment_clip_id(ytid, start)
         video = f"videos/{ytid}.{video_fmt[0]}"
         mirror = f"mirror/{clip_id}.{mirror_fmt[0]}"
         _write(folder / video, np.concatenate([before, segment, after]), video_fmt)

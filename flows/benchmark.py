@@ -113,6 +113,8 @@ def embedding_keys(sha256: str, payload: dict, feature_key: str, seed: int) -> d
     return {"decar": stable_key(KEY_VERSION, "decar", sha256, feature_key),
             "random-init": stable_key(KEY_VERSION, "random-init", payload["model_config"], payload["norm"], seed,
                                       feature_key),
+            "random-init-bn": stable_key(KEY_VERSION, "random-init-bn", payload["model_config"], payload["norm"],
+                                         seed, feature_key),
             "logmel-stats": stable_key(KEY_VERSION, "logmel-stats", feature_key)}
 
 

@@ -20,15 +20,14 @@ from prefect.futures import as_completed
 
 from storage.layout import DataLayout
 from storage.manifest import OK, write_manifest
+from storage.segments import dataset_name, select_subset
 from tasks.download import (
     DEFAULT_URL_TEMPLATE,
     SOURCES,
     DownloadOptions,
-    dataset_name,
     download_batch,
     read_segments,
     remove_stale_temps,
-    select_subset,
 )
 
 BALANCED_TRAIN_CSV = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/balanced_train_segments.csv"

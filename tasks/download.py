@@ -20,9 +20,7 @@ already exists and verifies, so a killed run loses only its in-flight clips.
 """
 from __future__ import annotations
 
-import csv
 import glob
-import hashlib
 import os
 import re
 import shutil
@@ -45,6 +43,7 @@ from prefect.cache_policies import NO_CACHE
 from storage.atomic import atomic_path, remove
 from storage.layout import DataLayout
 from storage.manifest import FAILED, OK
+from storage.segments import Segment, parse_segments
 
 SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4  # below this peak (about -80 dBFS) a clip holds no usable sound
@@ -59,53 +58,6 @@ UNAVAILABLE_PHRASES = ("video unavailable", "private video", "has been removed",
 
 
 # ---------------------------------------------------------------- segments
-
-@dataclass(frozen=True)
-class Segment:
-    ytid: str
-    start_s: float
-    end_s: float
-    labels: tuple[str, ...] = ()
-
-    @property
-    def clip_id(self) -> str:
-        return clip_id(self.ytid, self.start_s)
-
-    @property
-    def duration_s(self) -> float:
-        return self.end_s - self.start_s
-
-
-def clip_id(ytid: str, start_s: float) -> str:
-    """`<ytid>_<start in ms>`: unique per segment, stable, usable as a file name."""
-    return f"{ytid}_{round(start_s * 1000)}"
-
-
-def parse_segments(text: str, origin: str = "segments csv") -> list[Segment]:
-    """Parse an AudioSet segments CSV: `# ...` comments, then `YTID, start, end, "label,label"`."""
-    segments = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = next(csv.reader([line], skipinitialspace=True))
-        problem = None
-        if len(fields) < 3:
-            problem = f"expected YTID, start_seconds, end_seconds, positive_labels; found {len(fields)} field(s)"
-        else:
-            ytid = fields[0].strip()
-            try:
-                start, end = float(fields[1]), float(fields[2])
-            except ValueError:
-                start = end = None
-                problem = f"start_seconds and end_seconds must be numbers; found {fields[1]!r}, {fields[2]!r}"
-            if start is not None and not (ytid and 0 <= start < end):
-                problem = f"expected a YTID and 0 <= start_seconds < end_seconds; found {fields[:3]}"
-        if problem:
-            raise ValueError(f"{origin}, line {number}: {problem}: {line.strip()[:120]!r}")
-        labels = tuple(label.strip() for label in ",".join(fields[3:]).split(",") if label.strip())
-        segments.append(Segment(ytid, start, end, labels))
-    return segments
-
 
 def read_segments(path_or_url: str, timeout_s: float = 60.0, retries: int = 2) -> list[Segment]:
     """Read a segments CSV from a local path or an http(s) URL."""
@@ -125,24 +77,6 @@ def read_segments(path_or_url: str, timeout_s: float = 60.0, retries: int = 2) -
             raise FileNotFoundError(f"segments CSV not found: {path}")
         text = path.read_text(encoding="utf-8")
     return parse_segments(text, origin=str(path_or_url))
-
-
-def dataset_name(path_or_url: str) -> str:
-    """The CSV's file name without extension, e.g. 'balanced_train_segments'."""
-    return Path(urllib.parse.urlparse(str(path_or_url)).path).stem
-
-
-def _unit_hash(text: str) -> float:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2 ** 64
-
-
-def select_subset(segments: list[Segment], fraction: float = 1.0, limit: int | None = None) -> list[Segment]:
-    """A deterministic subset: the segments whose ytid hashes below `fraction`, in hash order,
-    then the first `limit`. Independent of the CSV's line order; duplicate clip ids are dropped."""
-    unique = list({s.clip_id: s for s in reversed(segments)}.values())  # first occurrence wins
-    chosen = sorted((s for s in unique if _unit_hash(s.ytid) < fraction),
-                    key=lambda s: (_unit_hash(s.ytid), s.ytid, s.start_s))
-    return chosen if limit is None else chosen[:limit]
 
 
 # ---------------------------------------------------------------- errors

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from model.config import ModelConfig
-from model.decar import embed
+from model.decar import batchnorm_sample, embed, precise_batchnorm
 from model.network import DecarNet
 from model.probe import logmel_statistics
 from model.runtime import resolve_device, set_threads
@@ -23,29 +23,40 @@ from storage.records import write_record
 from storage.sharded import shard_done, shard_record, verify_rows
 from tasks.caching import stage
 
-MODELS = ("decar", "random-init", "logmel-stats")
-NETWORKS = ("decar", "random-init")  # the models with an encoder
+# random-init: batch-norm statistics as initialised (eval mode is then a near-linear random
+# projection); random-init-bn: statistics recomputed on the task's clips. Both are reported and
+# DECAR is compared with the stronger (README, "The method's numerical hygiene").
+MODELS = ("decar", "random-init", "random-init-bn", "logmel-stats")
+NETWORKS = ("decar", "random-init")  # the models fine-tuned (training mode uses batch statistics)
+BN_CLIPS = 256  # clips of the task's store for random-init-bn's statistics
 
 
-def load_network(checkpoint: str, device: torch.device, model: str = "decar",
-                 seed: int = 0) -> tuple[DecarNet, float, float]:
-    """The checkpoint's network ("decar") or a seeded fresh one of the same ModelConfig
-    ("random-init"), with the checkpoint's log-mel normalisation (both see the same inputs)."""
+def load_network(checkpoint: str, device: torch.device, model: str = "decar", seed: int = 0,
+                 features: str | None = None) -> tuple[DecarNet, float, float]:
+    """The checkpoint's network ("decar"), or a seeded fresh one of the same ModelConfig
+    ("random-init"; "random-init-bn" with batch-norm statistics recomputed on a seeded sample of
+    `features`), with the checkpoint's log-mel normalisation (all see the same inputs)."""
     payload = load_checkpoint(checkpoint)
-    if model == "random-init":
+    mean, std = float(payload["norm"]["mean"]), float(payload["norm"]["std"])
+    if model in ("random-init", "random-init-bn"):
         net = DecarNet.random_init(ModelConfig(**payload["model_config"]), seed).to(device).eval()
+        if model == "random-init-bn":
+            reader = FeatureReader(features)
+            rows = reader.usable
+            precise_batchnorm(net, lambda i: (reader.get(int(rows[i])) - mean) / std,
+                              batchnorm_sample(seed, len(rows), BN_CLIPS), 32, device)
     elif model == "decar":
         net = DecarNet.from_checkpoint(payload, device)
     else:
-        raise ValueError(f"model {model!r} has no network; networks: {', '.join(NETWORKS)}")
-    return net, float(payload["norm"]["mean"]), float(payload["norm"]["std"])
+        raise ValueError(f"model {model!r} has no network; networks: decar, random-init, random-init-bn")
+    return net, mean, std
 
 
 @lru_cache(maxsize=2)
-def cached_network(checkpoint: str, sha256: str, device: str, model: str = "decar",
-                   seed: int = 0) -> tuple[DecarNet, float, float]:
+def cached_network(checkpoint: str, sha256: str, device: str, model: str = "decar", seed: int = 0,
+                   features: str | None = None) -> tuple[DecarNet, float, float]:
     """One load per worker process and checkpoint content, not one per shard (frozen use only)."""
-    return load_network(checkpoint, torch.device(device), model, seed)
+    return load_network(checkpoint, torch.device(device), model, seed, features)
 
 
 def logmel_rows(reader: FeatureReader, start: int, stop: int) -> np.ndarray:
@@ -63,7 +74,7 @@ def embed_shard(embeddings: str, features: str, checkpoint: str, checkpoint_sha2
                 seed: int = 0, threads: int = 1) -> dict:
     """Vectors of feature rows start..stop written into shard `shard` of `embeddings`.
 
-    model: decar (the checkpoint), random-init (seeded, same config) or logmel-stats; output: "embed"
+    model: decar (the checkpoint), random-init / random-init-bn (seeded, same config) or logmel-stats; output: "embed"
     (z, what pre-training clusters) or "represent" (h, what the benchmark probes)."""
     if shard_done(embeddings, shard, key):
         return shard_record(embeddings, shard)
@@ -75,7 +86,8 @@ def embed_shard(embeddings: str, features: str, checkpoint: str, checkpoint_sha2
         values = logmel_rows(reader, start, stop)
     else:
         dev = resolve_device(device)
-        net, mean, std = cached_network(checkpoint, checkpoint_sha256, str(dev), model, seed)
+        net, mean, std = cached_network(checkpoint, checkpoint_sha256, str(dev), model, seed,
+                                        features if model == "random-init-bn" else None)
         values = embed(net, reader.batches(start, stop, batch_size), mean, std, dev, output)
     write_embedding_shard(embeddings, shard, start, values, key, worker=f"{socket.gethostname()}:{os.getpid()}")
     return shard_record(embeddings, shard)

@@ -38,7 +38,7 @@ def test_three_models_both_modes_then_a_cached_rerun(run_dir, tmp_path, dask_add
     assert COLUMNS <= set(rows[0])
     assert sorted((r["mode"], r["model"]) for r in rows) == [
         ("finetune", "decar"), ("finetune", "random-init"),
-        ("frozen", "decar"), ("frozen", "logmel-stats"), ("frozen", "random-init")]
+        ("frozen", "decar"), ("frozen", "logmel-stats"), ("frozen", "random-init"), ("frozen", "random-init-bn")]
     for r in rows:
         assert (r["n_train"], r["n_valid"], r["n_test"], r["classes"]) == (30, 10, 25, 5)
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 and r["best_epoch"] == 1

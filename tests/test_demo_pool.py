@@ -9,7 +9,7 @@ import soundfile as sf
 
 from demo.pool import CSV_NAME, FAMILIES, generate_pool
 from demo.server import FolderServer, serve_folder
-from tasks.download import parse_segments
+from storage.segments import parse_segments
 
 
 @pytest.fixture(scope="module")

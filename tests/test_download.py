@@ -22,7 +22,7 @@ from demo.pool import CSV_NAME, generate_pool, write_segments_csv
 from demo.server import FolderServer, serve_folder
 from flows.download import check_parameters, download_audioset
 from storage.manifest import read_manifest
-from tasks.download import Segment, clip_id, parse_segments, select_subset
+from storage.segments import Segment, clip_id, parse_segments, select_subset
 
 SECONDS = 2.0
 OFFICIAL = '''# Segments csv created Sun Mar  5 10:54:31 2017

@@ -15,6 +15,7 @@ import torch
 from flows import cache_features, pretrain_decar, recluster
 from flows.run_config import ConfigMismatch
 from model.decar import should_stop
+from model.health import DegenerateClustering
 from storage.checkpoint import load_checkpoint
 from storage.layout import RunLayout
 from storage.locks import DirectoryLock, LockedError
@@ -164,3 +165,23 @@ def test_one_epoch_on_gpu(store, tmp_path, dask_address):
                                    dask_address=dask_address, **SMALL))
     assert np.isfinite(read_metrics(run, 0)["loss"])
     assert load_checkpoint(run.checkpoint(0))["encoder"]["features.0.0.weight"].device.type == "cpu"
+
+
+def test_guard_refuses_to_train_on_constant_embeddings(store, tmp_path, dask_address):
+    """Without recomputed batch-norm statistics a fresh network embeds every clip alike: the run
+    stops at epoch 0's clustering, naming the measure, and writes no labels."""
+    with pytest.raises(DegenerateClustering, match="relative_spread"):
+        pretrain_decar(store, "constant", runs_dir=str(tmp_path), epochs=1, dask_address=dask_address,
+                       bn_clips=0, clusters=4, batch_size=8, width_mult=0.25)
+    run = RunLayout(tmp_path / "constant")
+    assert not run.labels(0).exists() and not run.checkpoint(0).exists()
+
+
+def test_a_few_epochs_learn_the_pseudo_labels(store, tmp_path, dask_address):
+    """The loss ends well below chance (ln k) and the head beats chance on its training draws."""
+    run = RunLayout(pretrain_decar(store, "learns", runs_dir=str(tmp_path), epochs=3, samples_per_epoch=240,
+                                   dask_address=dask_address, **SMALL))
+    last = read_metrics(run, 2)
+    assert last["loss"] < 0.8 * np.log(4), [read_metrics(run, e)["loss"] for e in range(3)]
+    assert last["health"]["training"]["pseudo_label_accuracy"] > 0.5
+    assert last["health"]["embedding"]["distinct_rows"] == 48
