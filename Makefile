@@ -28,5 +28,6 @@ bench: $(VENV)/.installed
 science: $(VENV)/.installed
 	$(PY) bench/science.py
 
+# The UI on the demo's database: port 4200, or a free one when 4200 is taken (it prints the URL).
 ui: $(VENV)/.installed
-	PREFECT_HOME=$(CURDIR)/.prefect $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+	$(PY) -m decar ui --prefect-home $(CURDIR)/.prefect

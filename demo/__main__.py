@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from demo.prefect_server import free_port, start_local_server, stop_process
+from demo.prefect_server import free_port, port_free, start_local_server, stop_process
 
 
 def parse_args(argv=None):
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     home = Path(args.prefect_home).resolve()
-    port = 4200 if _port_free(4200) else free_port()
+    port = 4200 if port_free(4200) else free_port()
     step(f"starting a local Prefect server (database in {home})")
     server, api_url = start_local_server(home, port=port, log_path=home / "demo-server.log")
     # Set before Prefect is imported: flows, Dask workers and subprocesses share this API.
@@ -95,9 +95,10 @@ def run_demo(args, api_url: str, started: float) -> int:
     print(f"  manifest          {manifest}")
     print(f"  log-mel features  {store}")
     print(f"  pre-training run  {run_dir}  (run.json, epoch-NNN/labels.parquet, checkpoint.pt, metrics.json)")
+    print(f"  plots             {Path(run_dir) / 'plots'}  (loss-nmi, cluster-sizes, health, benchmark-*.png)")
     if results:
         print(f"  benchmark         {results}")
-    print(f"  Prefect database  {os.environ['PREFECT_HOME']}: run `make ui` and open http://127.0.0.1:4200")
+    print(f"  Prefect database  {os.environ['PREFECT_HOME']}: `decar ui` (or `make ui`) serves it and prints its URL")
     print("Run `make demo` again: every stage is a cache hit and it finishes in seconds.")
     return 0
 
@@ -151,17 +152,6 @@ def _results_table(results: str) -> str:
     for r in rows:
         lines.append(f"    {r['task']:<15} {r['mode']:<9} {r['model']:<13} {r['accuracy']:.3f}     {r['macro_f1']:.3f}")
     return "\n".join(lines)
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 if __name__ == "__main__":

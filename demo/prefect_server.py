@@ -20,6 +20,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def quiet_prefect_env(env: dict | None = None) -> dict:
     env = dict(os.environ if env is None else env)
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -44,13 +53,17 @@ def wait_healthy(api_url: str, timeout: float = 90.0, process: subprocess.Popen 
 
 def start_local_server(home: str | Path, port: int | None = None, log_path: str | Path | None = None,
                        extra_env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """Start `prefect server start` with PREFECT_HOME=home; return (process, api_url)."""
+    """Start `prefect server start` with PREFECT_HOME=home; return (process, api_url).
+
+    The UI is told its API's address (PREFECT_UI_API_URL): on any port but 4200 it would otherwise
+    call 127.0.0.1:4200 ("Can't connect to Server API", or another server's data)."""
     port = port or free_port()
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     env = quiet_prefect_env()
     env["PREFECT_HOME"] = str(home)
     env.pop("PREFECT_API_URL", None)
+    env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     env.update(extra_env or {})
     log = open(log_path or home / "server.log", "ab")
     process = subprocess.Popen(
@@ -74,3 +87,18 @@ def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def serve_ui(home: str | Path, port: int = 4200) -> None:
+    """`decar ui` / `make ui`: the UI on the database in `home`, on `port` or a free port when it is
+    taken, with the UI's API URL to match; prints the URL and serves until interrupted."""
+    home = Path(home).resolve()
+    port = port if port_free(port) else free_port()
+    process, api_url = start_local_server(home, port=port, log_path=home / "ui-server.log")
+    print(f"Prefect UI: {api_url.removesuffix('/api')}  (database in {home}; Ctrl-C stops it)", flush=True)
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_process(process)

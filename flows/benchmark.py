@@ -217,7 +217,8 @@ def benchmark_downstream(checkpoint: str, tasks: list[str], modes: list[str] = [
     results = out_dir / f"{name}.parquet"
     write_scores(results, rows)
     title = f"{run_dir.name}-{name}" if run_dir else name  # artifact keys are global: name the run too
-    publish_benchmark(rows, title, {t: paper_scores_of(t) for t in tasks}, results, MODELS)
+    publish_benchmark(rows, title, {t: paper_scores_of(t) for t in tasks}, results, MODELS,
+                      plots_dir=(run_dir or out_dir) / "plots")
     logger.info("benchmark-downstream: %d score rows -> %s", len(rows), results)
     return str(results)
 

@@ -27,6 +27,9 @@ from tasks.train import train_epoch
 def run_epoch(run: RunLayout, config: RunConfig, epoch: int, keys: EpochKeys, previous_checkpoint: str, rows: int,
               device: str, cluster: OnDemandCluster, progress=None) -> dict:
     """The four stages of one epoch; returns (and writes) the epoch's metrics."""
+    outputs = {"extract": (run.embeddings(epoch), keys.extract), "cluster": (run.labels(epoch), keys.cluster),
+               "train": (run.checkpoint(epoch), keys.train)}
+    cached = [stage for stage, (path, key) in outputs.items() if is_complete(path, key)]  # reused, not run now
     extracted = extract_epoch(run, config, epoch, keys, previous_checkpoint, rows, device, cluster)
     clustered, compared = cluster_epoch(run, config, epoch, keys)
     trained = run_stage(train_epoch, keys.train, features=config.features, labels=str(run.labels(epoch)),
@@ -42,10 +45,11 @@ def run_epoch(run: RunLayout, config: RunConfig, epoch: int, keys: EpochKeys, pr
     logger.info(
         "epoch %d: loss %.4f, NMI %s, %d clusters (largest %.1f%%), %s", epoch, trained["loss"],
         "n/a" if compared["nmi"] is None else f"{compared['nmi']:.4f}", compared["clusters"],
-        100 * compared["largest_fraction"], ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+        100 * compared["largest_fraction"],
+        ", ".join(f"{k} cached" if k in cached else f"{k} {v:.3g} s" for k, v in seconds.items()))
     metrics = {"epoch": epoch, "loss": trained["loss"], "nmi": compared["nmi"], "clusters": compared["clusters"],
                "largest_fraction": compared["largest_fraction"], "algorithm": clustered["algorithm"],
-               "checkpoint": str(run.checkpoint(epoch)), "seconds": seconds, "health": health,
+               "checkpoint": str(run.checkpoint(epoch)), "seconds": seconds, "cached": cached, "health": health,
                "warnings": collapse_warnings(health)}
     write_json(run.metrics(epoch), metrics)
     return metrics

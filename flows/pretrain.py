@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from prefect import flow, get_run_logger
 
-from flows.artifacts import publish_epoch_table, publish_run_summary, training_progress
+from flows.artifacts import publish_epoch_plots, publish_epoch_table, publish_run_summary, training_progress
 from flows.epoch import run_epoch
 from flows.run_config import epoch_keys, freeze_run_config, initial_key
 from flows.runners import OnDemandCluster
@@ -85,6 +85,7 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
             history.append(metrics)
             previous = metrics["checkpoint"]
             publish_epoch_table(run_name, history)
+            publish_epoch_plots(run.root, run_name, history, run.labels(epoch))
             if should_stop(history, patience):
                 logger.info("early stop after epoch %d: NMI has not improved for %d epochs", epoch, patience)
                 break

@@ -16,8 +16,26 @@ def local_cluster(n_workers: int | None = None) -> Iterator[str]:
     workers = n_workers or max(1, min(4, os.cpu_count() or 1))
     # One thread per worker process: torch and faiss threads are capped inside tasks too.
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster:
+                      dashboard_address=":0", env=worker_env()) as cluster:
         yield cluster.scheduler_address
+
+
+def worker_env() -> dict[str, str]:
+    """The Prefect API for Dask workers: this process's, so that every worker reports to it.
+
+    Without PREFECT_API_URL, Prefect runs a temporary local server for this process (one
+    `SubprocessASGIServer` per process, started here if the flow has not yet); its URL is handed
+    to the workers, which would otherwise each start a temporary server of their own."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        server.start()
+        url = server.api_url
+    return {"PREFECT_API_URL": url}
 
 
 class OnDemandCluster:

@@ -1,0 +1,1 @@
+"""The `decar` command line (decar/cli.py)."""

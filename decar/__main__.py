@@ -1,0 +1,3 @@
+from decar.cli import main
+
+main()
