@@ -5,19 +5,25 @@ It stands in for YouTube and for an AudioSet mirror in the demo and tests:
 - `/videos/<ytid>` with no extension serves the one file `videos/<ytid>.*`
   (YouTube URLs carry no extension; the content type comes from the file's).
 - `Range: bytes=a-b` requests get a 206 partial response.
+- `ranges="ignore"` answers Range requests with the whole file (a server without range
+  support), `ranges="refuse"` with 416; `listing=False` hides folder index pages (403).
 - Faults, either as a path prefix or per path via `faults={"/videos/<ytid>": spec}`:
     /status/<code>/...   answer with that HTTP status
     /slow/...            sleep `slow_s` seconds first (past a client's timeout)
     /flaky/<n>/...       answer 503 the first n times a path is asked for, then serve
-  spec is "404", "500", "slow" or "flaky:2".
+    /ratelimit/<n>/...   answer 429 (Too Many Requests) the first n times, then serve
+  spec is "404", "500", "slow", "flaky:2" or "ratelimit:1".
 - `FolderServer.delay_s` delays every response (a slow network, for kill-and-resume tests);
-  `FolderServer.hits` counts requests per path.
+  `FolderServer.hits` counts requests per path, `FolderServer.sent` the bytes sent per path
+  (the send buffer is kept small, as on a real network, so bytes a client hangs up on are not
+  counted as sent), `FolderServer.log` holds (time, path, headers) of every request.
 """
 from __future__ import annotations
 
 import glob
 import os
 import re
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -26,15 +32,21 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
-_PREFIX = re.compile(r"^/(?:status/(?P<code>\d{3})|(?P<slow>slow)|flaky/(?P<flaky>\d+))(?P<rest>/.*)$")
+_PREFIX = re.compile(r"^/(?:status/(?P<code>\d{3})|(?P<slow>slow)|flaky/(?P<flaky>\d+)|ratelimit/(?P<limit>\d+))"
+                     r"(?P<rest>/.*)$")
+SEND_BUFFER = 16384  # bytes: what a client that hangs up may leave unread
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 class FolderServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, folder: str | Path, faults: dict[str, str] | None = None, slow_s: float = 5.0):
+    def __init__(self, folder: str | Path, faults: dict[str, str] | None = None, slow_s: float = 5.0,
+                 ranges: str = "serve", listing: bool = True):
         self.folder = Path(folder)
+        self.ranges, self.listing = ranges, listing
+        self.sent: dict[str, int] = {}
+        self.log: list[tuple[float, str, dict]] = []
         self.faults = faults if faults is not None else {}  # kept by reference: callers may edit it
         self.slow_s = slow_s
         self.delay_s = 0.0
@@ -45,10 +57,15 @@ class FolderServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:
         pass  # clients that time out and hang up are expected here, not worth a traceback
 
-    def count(self, path: str) -> int:
+    def count(self, path: str, headers: dict) -> int:
         with self.lock:
             self.hits[path] = self.hits.get(path, 0) + 1
+            self.log.append((time.time(), path, headers))
             return self.hits[path]
+
+    def add_sent(self, path: str, n: int) -> None:
+        with self.lock:
+            self.sent[path] = self.sent.get(path, 0) + n
 
     @property
     def base_url(self) -> str:
@@ -69,9 +86,30 @@ class _Handler(SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet
         pass
 
+    def setup(self) -> None:
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        super().setup()
+
+    def copyfile(self, source, outputfile) -> None:
+        path, server = self.path.split("?", 1)[0], self.server
+
+        class Counted:
+            def write(self, data) -> int:
+                written = outputfile.write(data)
+                server.add_sent(path, len(data))
+                return written
+
+        super().copyfile(source, Counted())
+
+    def list_directory(self, path):
+        if not self.server.listing:
+            self.send_error(403, "no index pages here")
+            return None
+        return super().list_directory(path)
+
     def send_head(self):
         path = self.path.split("?", 1)[0]
-        hits = self.server.count(path)
+        hits = self.server.count(path, dict(self.headers))
         time.sleep(self.server.delay_s)
         spec, path = _fault_of(path, self.server.faults)
         if spec and not self._apply_fault(spec, hits):
@@ -84,10 +122,10 @@ class _Handler(SimpleHTTPRequestHandler):
         if spec == "slow":
             time.sleep(self.server.slow_s)
             return True
-        if spec.startswith("flaky:"):
+        if spec.startswith(("flaky:", "ratelimit:")):
             if hits > int(spec.split(":")[1]):
                 return True
-            code = 503
+            code = 503 if spec.startswith("flaky:") else 429
         else:
             code = int(spec)
         self.send_error(code)
@@ -97,7 +135,10 @@ class _Handler(SimpleHTTPRequestHandler):
         """SimpleHTTPRequestHandler.send_head plus single byte ranges."""
         match = _RANGE.match(self.headers.get("Range", "").strip())
         fs_path = self.translate_path(self.path)
-        if not match or not os.path.isfile(fs_path):
+        if match and self.server.ranges == "refuse":
+            self.send_error(416)
+            return None
+        if not match or not os.path.isfile(fs_path) or self.server.ranges == "ignore":
             return super().send_head()
         size = os.path.getsize(fs_path)
         first, last = match.groups()
@@ -136,8 +177,8 @@ class _Limited:
 def _fault_of(path: str, faults: dict[str, str]) -> tuple[str | None, str]:
     match = _PREFIX.match(path)
     if match:
-        code, slow, flaky, rest = match.group("code", "slow", "flaky", "rest")
-        return (code or (slow and "slow") or f"flaky:{flaky}"), rest
+        code, slow, flaky, limit, rest = match.group("code", "slow", "flaky", "limit", "rest")
+        return (code or (slow and "slow") or (flaky and f"flaky:{flaky}") or f"ratelimit:{limit}"), rest
     return faults.get(path), path
 
 

@@ -203,3 +203,72 @@ def test_killed_run_resumes_without_redoing_finished_clips(pool, tmp_path, subpr
     ok = {r["clip_id"] for r in read_manifest(manifest) if r["status"] == "ok"}
     assert ok == {r["clip_id"] for r in read_manifest(reference) if r["status"] == "ok"} == {r["clip_id"] for r in rows}
     assert {p.name for p in audio.iterdir()} == {f"{c}.flac" for c in ok}  # stale temporary files removed
+
+
+# ---------------------------------------------------------------- segment-only downloads, rate limits, cookies
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """A 10-minute "video" (16 kHz mono WAV, 19.2 MB) of noise, and its samples."""
+    folder = tmp_path_factory.mktemp("long")
+    (folder / "videos").mkdir()
+    audio = np.random.default_rng(5).uniform(-0.5, 0.5, 600 * 16000)
+    sf.write(folder / "videos" / "longvideo00.wav", audio, 16000, subtype="PCM_16")
+    return folder, sf.read(folder / "videos" / "longvideo00.wav")[0]
+
+
+def test_segment_only_download_reads_a_small_fraction_of_the_video(long_video, tmp_path):
+    folder, truth = long_video
+    csv = write_segments_csv(tmp_path / "long.csv", [dict(ytid="longvideo00", start_s=300.0, end_s=310.0, labels=[])])
+    size = (folder / "videos" / "longvideo00.wav").stat().st_size
+    sent = {}
+    for name, ranges, segment_only in [("segment", "serve", True), ("whole", "serve", False),
+                                       ("ignored", "ignore", True), ("refused", "refuse", True)]:
+        with FolderServer(folder, ranges=ranges) as server:
+            manifest = download_audioset(segments=str(csv), url_template=server.base_url + "/videos/{ytid}",
+                                         data_dir=str(tmp_path / name), segment_only=segment_only, timeout_s=10.0)
+        row = read_manifest(manifest)[0]
+        assert row["status"] == "ok" and row["duration_s"] == 10.0, (name, row)
+        audio = sf.read(tmp_path / name / row["path"])[0]
+        np.testing.assert_allclose(audio, truth[300 * 16000:310 * 16000], atol=2e-4)  # sample-exact cut
+        sent[name] = server.sent.get("/videos/longvideo00", 0) + server.sent.get("/videos/longvideo00.wav", 0)
+    print(f"bytes sent for a 10 s segment of a 10 min WAV ({size} bytes): {sent}")
+    assert sent["segment"] < 0.1 * size  # byte ranges: a small fraction of the file
+    assert sent["whole"] >= size
+    assert sent["ignored"] < size  # no ranges: ffmpeg reads up to the segment and stops
+    assert sent["refused"] >= size  # ranges refused: the whole file, cut here
+
+
+def test_rate_limit_pauses_every_download(pool, tmp_path):
+    folder, rows = pool
+    csv = write_segments_csv(tmp_path / "limited.csv", rows[:6])
+    limited = f"/videos/{rows[0]['ytid']}"
+    with FolderServer(folder, faults={limited: "ratelimit:1"}) as server:
+        manifest = download_audioset(segments=str(csv), url_template=server.base_url + "/videos/{ytid}",
+                                     data_dir=str(tmp_path / "data"), concurrency=3, rate_limit_s=3.0)
+        log = list(server.log)
+    by_id = _rows_by_id(manifest)
+    assert all(r["status"] == "ok" for r in by_id.values())
+    assert by_id[rows[0]["clip_id"]]["attempts"] == 2
+    limited_at = min(t for t, path, _ in log if path == limited)
+    first_request = {}
+    for t, path, _ in log:
+        first_request.setdefault(path, t)
+    started_during_pause = [p for p, t in first_request.items() if limited_at + 0.5 < t < limited_at + 2.5]
+    assert not started_during_pause  # no new clip started while the shared pause lasted
+    assert manifest.counts == {"ok": 6}
+
+
+def test_cookies_file_is_passed_to_yt_dlp(pool, tmp_path):
+    folder, rows = pool
+    csv = write_segments_csv(tmp_path / "one.csv", rows[:1])
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t4102444800\tCONSENT\tYES+1\n")
+    with pytest.raises(ValueError, match="cookies"):
+        download_audioset(segments=str(csv), cookies=str(tmp_path / "missing.txt"), data_dir=str(tmp_path))
+    with FolderServer(folder) as server:
+        manifest = download_audioset(segments=str(csv), url_template=server.base_url + "/videos/{ytid}",
+                                     data_dir=str(tmp_path / "data"), cookies=str(cookies))
+        log = list(server.log)
+    assert read_manifest(manifest)[0]["status"] == "ok"
+    assert any("CONSENT=YES+1" in headers.get("Cookie", "") for _, _, headers in log)
