@@ -29,6 +29,16 @@ def load_mono(path: str, config: FeatureConfig) -> np.ndarray:
     return audio
 
 
+def finite_log_mel(path: str, config: FeatureConfig, frames: int) -> np.ndarray:
+    """A clip's log-mel, at most `frames` long; ValueError when a value would be stored as NaN or Inf
+    (training and extraction never see one: the clip is marked failed instead)."""
+    features = log_mel(load_mono(path, config), config).numpy()[:, :frames]
+    bad = int((~np.isfinite(features.astype(np.float16))).sum())
+    if bad:
+        raise ValueError(f"{bad} of {features.size} log-mel values are NaN or Inf (or beyond float16's range)")
+    return features
+
+
 @stage(name="compute-feature-shard", retries=1, retry_delay_seconds=2)
 def compute_feature_shard(store: str, shard: int, start: int, clip_ids: list[str], paths: list[str],
                           frames: int, config: dict, key: str, threads: int = 1) -> dict:
@@ -48,7 +58,7 @@ def compute_feature_shard(store: str, shard: int, start: int, clip_ids: list[str
     failures = []
     for i, path in enumerate(paths):
         try:
-            features = log_mel(load_mono(path, cfg), cfg).numpy()[:, :frames]
+            features = finite_log_mel(path, cfg, frames)
         except Exception as exc:  # any decode problem marks the clip, never the shard
             status[i] = FAILED_STATUS
             failures.append({"clip_id": clip_ids[i], "error": f"{type(exc).__name__}: {exc}"})

@@ -69,6 +69,23 @@ def test_failed_rows_skipped_and_undecodable_clips_marked(tmp_path, dask_address
     assert reader.attrs["decode_failures"] == 1
 
 
+def test_non_finite_logmel_never_reaches_a_store(tmp_path, dask_address):
+    """Finite samples of absurd amplitude (a float WAV at 1e30) overflow the power spectrum: the
+    clip is marked failed, and the store holds finite values only."""
+    manifest = tone_manifest(tmp_path, n=4)
+    rows = read_manifest(manifest)
+    huge = tmp_path / "audio" / "tones" / "huge.wav"
+    sf.write(huge, 1e30 * np.random.default_rng(0).uniform(-1, 1, 16000).astype(np.float32), 16000, subtype="FLOAT")
+    rows[1].update(path=str(huge.relative_to(tmp_path)))
+    write_manifest(manifest, rows)
+    reader = FeatureReader(cache_features(str(manifest), data_dir=str(tmp_path), shard_size=2,
+                                          dask_address=dask_address))
+    bad = reader.clip_ids.index("clip001")
+    assert reader.status[bad] == 1 and reader.lengths[bad] == 0 and bad not in reader.usable
+    assert np.isfinite(reader.logmel[:].astype(np.float32)).all()
+    assert np.isfinite(reader.mean) and np.isfinite(reader.std) and reader.attrs["decode_failures"] == 1
+
+
 def test_missing_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         cache_features(str(tmp_path / "nope.parquet"), data_dir=str(tmp_path))
