@@ -24,10 +24,12 @@ class ConfigMismatch(ValueError):
 def freeze_run_config(run: RunLayout, config: RunConfig, force: bool = False) -> RunConfig:
     """Write run.json on first use; later, refuse a different identity unless forced.
 
-    Per-epoch clustering overrides written by `recluster` are kept (dropped when forced to a new config)."""
+    Per-epoch clustering overrides written by `recluster` are kept (dropped when forced to a new config).
+    The feature store is identified by its content key: a store found at another path (the run and
+    its store moved or copied) is accepted, and run.json records the new path."""
     if run.config.exists():
         stored = read_json(run.config)
-        old = flatten({k: v for k, v in stored.items() if k != "cluster_overrides"})
+        old = flatten({k: v for k, v in stored.items() if k not in ("cluster_overrides", "features")})
         new = flatten(config.identity())
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed and not force:

@@ -86,8 +86,10 @@ class RunConfig(_Config):
     The stage keys are computed from it (flows/run_config.py); `cluster_overrides` holds the
     per-epoch clustering changes made by `recluster` ({"3": {"clusters": 1024}})."""
 
-    features: str = Field(description="the feature store's resolved path")
-    feature_key: str = Field(description="the feature store's content key")
+    features: str = Field(description="where the feature store was last found (resolved path); not part of the "
+                          "identity, so a run and its store moved or copied elsewhere resume")
+    feature_key: str = Field(description="the feature store's content key (feature config, manifest hash, shard "
+                             "size): what identifies the store")
     model: ModelConfig = ModelConfig()
     cluster: ClusterConfig = ClusterConfig()
     train: TrainConfig = TrainConfig()
@@ -100,5 +102,6 @@ class RunConfig(_Config):
         return ClusterConfig(**{**self.cluster.model_dump(), **self.cluster_overrides.get(str(epoch), {})})
 
     def identity(self) -> dict:
-        """What a resumed run must agree on (overrides are the run's own history, not its identity)."""
-        return self.model_dump(exclude={"cluster_overrides"})
+        """What a resumed run must agree on (overrides are the run's own history, not its identity;
+        the store is identified by feature_key, not by where it lies)."""
+        return self.model_dump(exclude={"cluster_overrides", "features"})

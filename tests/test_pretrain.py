@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -157,6 +159,22 @@ def test_second_concurrent_run_and_changed_config_are_refused(store, tmp_path, d
             pretrain_decar(store, "solo", runs_dir=str(tmp_path), epochs=1, **SMALL)
     with pytest.raises(ConfigMismatch, match="train.lr: run has 0.05, asked 0.1"):
         pretrain_decar(store, "solo", runs_dir=str(tmp_path), epochs=1, lr=0.1, **SMALL)
+
+
+def test_run_and_store_copied_elsewhere_resume_with_every_stage_cached(store, tmp_path, dask_address):
+    """run.json identifies the store by its content key: a copy at another path continues the run."""
+    args = dict(epochs=1, dask_address=dask_address, **SMALL)
+    first = RunLayout(pretrain_decar(store, "moving", runs_dir=str(tmp_path / "a" / "runs"), **args))
+    copied = tmp_path / "b" / "features" / Path(store).name
+    shutil.copytree(store, copied)
+    shutil.copyfile(record_path(store), record_path(copied))
+    shutil.copytree(first.root, tmp_path / "b" / "runs" / "moving")
+    state = pretrain_decar(str(copied), "moving", runs_dir=str(tmp_path / "b" / "runs"), return_state=True, **args)
+    run = RunLayout(state.result())
+    states = task_states(state.state_details.flow_run_id)
+    assert states and all(s == "Cached" for names in states.values() for s in names), states
+    assert json.loads(run.config.read_text())["features"] == str(copied.resolve())  # the new place is recorded
+    assert load_checkpoint(run.checkpoint(0))["epoch"] == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
