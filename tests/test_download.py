@@ -272,3 +272,12 @@ def test_cookies_file_is_passed_to_yt_dlp(pool, tmp_path):
         log = list(server.log)
     assert read_manifest(manifest)[0]["status"] == "ok"
     assert any("CONSENT=YES+1" in headers.get("Cookie", "") for _, _, headers in log)
+
+
+def test_youtube_challenge_solver_is_installed():
+    """yt-dlp-ejs (the solver scripts) and the deno wheel (their runtime) come with the project."""
+    import yt_dlp_ejs  # noqa: F401
+    from yt_dlp.utils._jsruntime import DenoJsRuntime
+
+    info = DenoJsRuntime().info
+    assert info is not None and info.supported, info
