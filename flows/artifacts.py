@@ -183,8 +183,9 @@ def publish_benchmark(rows: list[dict], name: str, paper: dict[str, dict | None]
     chart = plots.benchmark_bars(rows, models, {k: v for k, v in marks.items() if v is not None})
     if plots_dir is not None:
         save_plots(Path(plots_dir), {f"benchmark-{slug(name)}": chart})
-    lines = [f"# benchmark-downstream `{name}`", "", image("accuracy per task", chart), "",
-             "Diamonds: DECAR's Table 2 where the task is the paper's.", "", f"Results: `{results}`", "",
+    legend = "Diamonds: DECAR's Table 2 for the paper's tasks." if any(v is not None for v in marks.values()) else ""
+    lines = [f"# benchmark-downstream `{name}`", "", image("accuracy per task", chart), "", legend, "",
+             f"Results: `{results}`", "",
              "| task | mode | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
     for task_name in dict.fromkeys(r["task"] for r in rows):
         for mode in dict.fromkeys(r["mode"] for r in rows if r["task"] == task_name):

@@ -40,7 +40,7 @@ def loss_nmi(history: list[dict]) -> bytes:
     left.legend(fontsize=8)
     scored = [m for m in history if m["nmi"] is not None]
     right.plot([m["epoch"] for m in scored], [m["nmi"] for m in scored], "o-", color=COLORS["nmi"], lw=2)
-    right.set(title="NMI(t, t-1)", xlabel="epoch", ylim=(0, 1))
+    right.set(title="NMI(t, t-1)", xlabel="epoch", ylim=(0, 1), xlim=left.get_xlim())
     for ax in (left, right):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
@@ -103,9 +103,15 @@ def benchmark_bars(rows: list[dict], models: tuple[str, ...], paper: dict[tuple[
         if not np.all(np.isnan(marks)):
             ax.plot(offset, marks, "D", color=COLORS["paper"], ms=6,
                     label="paper (Table 2)" if "paper (Table 2)" not in ax.get_legend_handles_labels()[1] else None)
-    ax.set_xticks(x, [f"{t}\n{m}" for t, m in groups], fontsize=8)
+    ax.set_xticks(x, [f"{short(t)}\n{m}" for t, m in groups], fontsize=8)
     ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title="downstream accuracy")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return png(fig)
+
+
+def short(task: str) -> str:
+    """folder:/long/path/name -> folder:name (the axis has room for a name, not a path)."""
+    kind, sep, where = task.partition(":")
+    return f"{kind}:{where.rstrip('/').rsplit('/', 1)[-1]}" if sep and "/" in where else task
