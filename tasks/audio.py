@@ -121,9 +121,23 @@ def expected_seconds(source: Path, start_s: float, segment_s: float) -> float | 
     return None if declared is None else max(min(declared - start_s, segment_s), 0.0)
 
 
-def write_flac(path: Path, audio: np.ndarray) -> None:
-    """16 kHz mono 16-bit FLAC (clipped to [-1, 1], as ffmpeg's conversion did)."""
-    sf.write(str(path), np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="FLAC")
+def write_flac(path: Path, audio: np.ndarray, origin: str = "") -> None:
+    """16 kHz mono 16-bit FLAC (clipped to [-1, 1], as ffmpeg's conversion did); the file of the
+    source it came from is kept in its comment, so a resumed run reports it too."""
+    with sf.SoundFile(str(path), "w", SAMPLE_RATE, 1, "PCM_16", format="FLAC") as f:
+        if origin:
+            f.comment = f"source: {origin}"
+        f.write(np.clip(audio, -1.0, 1.0))
+
+
+def flac_origin(path: Path) -> str:
+    """The source file recorded by write_flac ('' for files written before it recorded one)."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            comment = f.comment or ""
+    except (sf.LibsndfileError, RuntimeError):
+        return ""
+    return comment.removeprefix("source: ") if comment.startswith("source: ") else ""
 
 
 def check_format(path: Path) -> float:

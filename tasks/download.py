@@ -32,7 +32,16 @@ from storage.atomic import atomic_path, remove
 from storage.layout import DataLayout
 from storage.manifest import FAILED, OK
 from storage.segments import Segment, parse_segments
-from tasks.audio import SAMPLE_RATE, ClipError, check_audio, check_format, decode, expected_seconds, write_flac
+from tasks.audio import (
+    SAMPLE_RATE,
+    ClipError,
+    check_audio,
+    check_format,
+    decode,
+    expected_seconds,
+    flac_origin,
+    write_flac,
+)
 from tasks.fetch import (  # noqa: F401  (re-exported for flows/download.py)
     DEFAULT_URL_TEMPLATE,
     TRANSIENT_HTTP,
@@ -92,7 +101,7 @@ def _fetch_and_convert(segment: Segment, options: DownloadOptions, target: Path)
         except ClipError as exc:
             raise ClipError(exc.kind, f"{exc} ({fetched.origin})", exc.transient) from None
         with atomic_path(target) as tmp:
-            write_flac(tmp, audio)
+            write_flac(tmp, audio, fetched.origin)
         return duration, fetched.origin
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -104,7 +113,7 @@ def download_clip(segment: Segment, options: DownloadOptions) -> dict:
     relative = target.relative_to(DataLayout(options.data_dir).root).as_posix()
     if target.exists():  # resume: keep a finished file if its header is right
         try:
-            return _row(segment, options, OK, relative, check_format(target))
+            return _row(segment, options, OK, relative, check_format(target), source_file=flac_origin(target))
         except ClipError:
             remove(target)
     backoff = SharedBackoff(options)
