@@ -297,7 +297,8 @@ def _download(url: str, target: Path, timeout_s: float) -> None:
 
 
 def fetch_mirror(segment: Segment, options: DownloadOptions, workdir: Path) -> Fetched:
-    """The mirror's file for `segment` (pattern, index or probing), downloaded or copied into workdir."""
+    """The mirror's file for `segment` (pattern, index or probing): in the mirror folder, or downloaded
+    into workdir."""
     base = str(options.mirror).rstrip("/")
     layouts: dict[str, str] = {}
     if options.mirror_pattern:
@@ -314,13 +315,11 @@ def fetch_mirror(segment: Segment, options: DownloadOptions, workdir: Path) -> F
         layouts = dict((entry.path, layout) for layout, entry in pairs)
         candidates = [entry for _, entry in pairs]
     for entry in candidates:
-        suffix = Path(entry.path).suffix or ".audio"
-        target = workdir / f"source{suffix}"
-        if not _is_url(base):
-            source = Path(base) / entry.path
-            if not source.is_file():
+        target = workdir / f"source{Path(entry.path).suffix or '.audio'}"
+        if not _is_url(base):  # a folder: decoded where it lies, never copied
+            target = Path(base) / entry.path
+            if not target.is_file():
                 continue
-            shutil.copyfile(source, target)
         else:
             url = f"{base}/{urllib.parse.quote(entry.path)}"
             try:
