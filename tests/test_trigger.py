@@ -29,7 +29,7 @@ def test_trigger_in_prefect_yaml_parses():
     assert deployment["entrypoint"] == "flows/benchmark.py:benchmark_downstream"
     (trigger,) = [DeploymentEventTrigger.model_validate(t) for t in deployment["triggers"]]
     assert trigger.expect == {"prefect.flow-run.Completed"}
-    assert dict(trigger.match_related) == {"prefect.resource.role": "flow", "prefect.resource.name": "pretrain-decar"}
+    assert trigger.match_related.root == {"prefect.resource.role": "flow", "prefect.resource.name": "pretrain-decar"}
     assert ":latest" in trigger.parameters["checkpoint"] and "run_name" in trigger.parameters["checkpoint"]
     assert deployment["parameters"]["tasks"]
 
@@ -79,7 +79,10 @@ def test_completed_pretraining_starts_a_benchmark(tmp_path, subprocess_env, dask
             time.sleep(2)
     finally:
         if deployment is not None:  # its trigger must not fire on other tests' pre-training runs
-            prefect_cli(["deployment", "delete", "benchmark-downstream/after-pretrain"], env, check=False)
+            with get_client(sync_client=True) as client:  # deleting a deployment keeps its automations
+                client.delete_resource_owned_automations(f"prefect.deployment.{deployment.id}")
+            prefect_cli(["--no-prompt", "deployment", "delete", "benchmark-downstream/after-pretrain"], env,
+                        check=False)
         worker.terminate()
         worker.wait(30)
     (run,) = runs
