@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.epoch import cluster_epoch
-from flows.run_config import epoch_keys, read_run_config, write_run_config
+from flows.run_config import epoch_keys, read_run_config, relocate_features, write_run_config
 from storage.atomic import remove
 from storage.features import FeatureReader
 from storage.layout import RunLayout
@@ -35,7 +35,8 @@ def invalidate_after(run: RunLayout, epoch: int) -> list[str]:
 
 
 @flow(name="recluster")
-def recluster(run_dir: str, epoch: int, clusters: int | None = None, algorithm: str | None = None) -> str:
+def recluster(run_dir: str, epoch: int, clusters: int | None = None, algorithm: str | None = None,
+              features: str | None = None) -> str:
     """Recluster epoch `epoch` of a pretrain-decar run; returns the labels file's path.
 
     Args:
@@ -43,10 +44,11 @@ def recluster(run_dir: str, epoch: int, clusters: int | None = None, algorithm: 
         epoch: the epoch whose embeddings are clustered again.
         clusters: a new k for that epoch (default: the run's).
         algorithm: "kmeans" or "pic" for that epoch (default: the run's).
+        features: the run's feature store, if it moved with the run (default: where run.json saw it).
     """
     logger = get_run_logger()
     run = RunLayout(run_dir)
-    config = read_run_config(run)
+    config = relocate_features(read_run_config(run), features)
     if algorithm not in (None, "kmeans", "pic"):
         raise ValueError(f"algorithm must be 'kmeans' or 'pic', got {algorithm!r}")
     if clusters is not None and clusters < 2:

@@ -8,11 +8,13 @@ and nothing before.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from model.config import RunConfig
 from storage.atomic import read_json, write_json
+from storage.features import FeatureReader
 from storage.layout import RunLayout
-from storage.records import stable_key
+from storage.records import read_record, stable_key
 
 KEY_VERSION = 2  # 2: the embedding shard size is part of the extraction key
 
@@ -40,6 +42,20 @@ def freeze_run_config(run: RunLayout, config: RunConfig, force: bool = False) ->
             config = config.model_copy(update={"cluster_overrides": stored.get("cluster_overrides", {})})
     write_run_config(run, config)
     return config
+
+
+def relocate_features(config: RunConfig, features: str | None) -> RunConfig:
+    """The run's config with its feature store at `features` (moved or copied; default: where run.json
+    last saw it). A store of other content is refused: it is identified by its key, not its path."""
+    path = Path(features or config.features)
+    if read_record(path) is None:
+        raise FileNotFoundError(f"features: no complete feature store at {str(path)!r}"
+                                + ("" if features else " (the run's store moved? pass features=<its new path>)"))
+    key = FeatureReader(path).attrs.get("feature_key")
+    if key != config.feature_key:
+        raise ConfigMismatch(f"features: the store at {str(path)!r} has feature_key {key!r}; the run was started "
+                             f"on {config.feature_key!r}")
+    return config.model_copy(update={"features": str(path.resolve())})
 
 
 def write_run_config(run: RunLayout, config: RunConfig) -> None:

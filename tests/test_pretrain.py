@@ -169,6 +169,10 @@ def test_run_and_store_copied_elsewhere_resume_with_every_stage_cached(store, tm
     shutil.copytree(store, copied)
     shutil.copyfile(record_path(store), record_path(copied))
     shutil.copytree(first.root, tmp_path / "b" / "runs" / "moving")
+    shutil.rmtree(first.root)
+    with pytest.raises(FileNotFoundError, match="features: no complete feature store"):
+        recluster(str(tmp_path / "b" / "runs" / "moving"), epoch=0, features=str(tmp_path))
+    recluster(str(tmp_path / "b" / "runs" / "moving"), epoch=0, features=str(copied))  # same clustering: cached
     state = pretrain_decar(str(copied), "moving", runs_dir=str(tmp_path / "b" / "runs"), return_state=True, **args)
     run = RunLayout(state.result())
     states = task_states(state.state_details.flow_run_id)
