@@ -95,11 +95,12 @@ def demo(clips: int = typer.Option(300, help="clips in the generated pool"),
          prefect_home: str = typer.Option(".prefect", help="the Prefect database (then `decar ui`)"),
          skip_benchmark: bool = typer.Option(False, help="stop after pre-training")) -> None:
     """The whole pipeline on generated audio (what `make demo` runs), on a local Prefect server."""
-    from demo.__main__ import main
-
     argv = ["--clips", str(clips), "--seconds", str(seconds), "--epochs", str(epochs), "--clusters", str(clusters),
             "--data-dir", data_dir, "--runs-dir", runs_dir, "--prefect-home", prefect_home]
-    raise typer.Exit(main(argv + (["--skip-benchmark"] if skip_benchmark else [])))
+    # A fresh interpreter: the demo sets PREFECT_API_URL to its server before Prefect is imported, and
+    # Prefect reads its settings once, at import (this process has imported it to read the flows).
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "demo", *argv, *(["--skip-benchmark"] if skip_benchmark else [])])
 
 
 @app.command()
