@@ -14,6 +14,7 @@ from flows.runners import OnDemandCluster
 from flows.sharded import fill_shards
 from model.config import RunConfig
 from model.health import collapse_warnings, training_health
+from model.runtime import extraction_device
 from storage.atomic import write_json
 from storage.embeddings import create_embeddings
 from storage.layout import RunLayout
@@ -25,17 +26,18 @@ from tasks.train import train_epoch
 
 
 def run_epoch(run: RunLayout, config: RunConfig, epoch: int, keys: EpochKeys, previous_checkpoint: str, rows: int,
-              device: str, cluster: OnDemandCluster, progress=None) -> dict:
+              device: str, cluster: OnDemandCluster, progress=None, processes: int | None = None,
+              loader_workers: int = 0) -> dict:
     """The four stages of one epoch; returns (and writes) the epoch's metrics."""
     outputs = {"extract": (run.embeddings(epoch), keys.extract), "cluster": (run.labels(epoch), keys.cluster),
                "train": (run.checkpoint(epoch), keys.train)}
     cached = [stage for stage, (path, key) in outputs.items() if is_complete(path, key)]  # reused, not run now
-    extracted = extract_epoch(run, config, epoch, keys, previous_checkpoint, rows, device, cluster)
+    extracted = extract_epoch(run, config, epoch, keys, previous_checkpoint, rows, extraction_device(device), cluster)
     clustered, compared = cluster_epoch(run, config, epoch, keys)
     trained = run_stage(train_epoch, keys.train, features=config.features, labels=str(run.labels(epoch)),
                         previous_checkpoint=previous_checkpoint, checkpoint=str(run.checkpoint(epoch)),
                         config=config.train.model_dump(), epoch=epoch, seed=config.seed, device=device,
-                        progress=progress)
+                        processes=processes, loader_workers=loader_workers, progress=progress)
     seconds = {"extract": extracted["seconds"], "cluster": clustered["seconds"], "train": trained["seconds"]}
     health = {**clustered["health"], "training": training_health(trained["loss"], trained["clusters"],
                                                                   trained["accuracy"])}
@@ -50,7 +52,7 @@ def run_epoch(run: RunLayout, config: RunConfig, epoch: int, keys: EpochKeys, pr
     metrics = {"epoch": epoch, "loss": trained["loss"], "nmi": compared["nmi"], "clusters": compared["clusters"],
                "largest_fraction": compared["largest_fraction"], "algorithm": clustered["algorithm"],
                "checkpoint": str(run.checkpoint(epoch)), "seconds": seconds, "cached": cached, "health": health,
-               "warnings": collapse_warnings(health)}
+               "warnings": collapse_warnings(health), "processes": trained.get("processes", 1)}
     write_json(run.metrics(epoch), metrics)
     return metrics
 

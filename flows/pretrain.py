@@ -16,6 +16,7 @@ from flows.run_config import epoch_keys, freeze_run_config, initial_key
 from flows.runners import OnDemandCluster
 from model.config import ClusterConfig, ModelConfig, RunConfig, TrainConfig
 from model.decar import should_stop
+from model.runtime import training_devices
 from storage.atomic import write_json
 from storage.features import FeatureReader
 from storage.layout import RunLayout
@@ -31,7 +32,8 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
                    seed: int = 0, device: str = "auto", dask_address: str | None = None,
                    n_workers: int | None = None, crop_frames: int | None = None,
                    samples_per_epoch: int | None = None, width_mult: float = 1.0, embed_shard_size: int = 256,
-                   bn_clips: int = 256, allow_degenerate: bool = False, force_config: bool = False) -> str:
+                   bn_clips: int = 256, allow_degenerate: bool = False, processes: int | None = None,
+                   loader_workers: int = 0, force_config: bool = False) -> str:
     """DECAR pre-training on a feature store; returns the run directory.
 
     Every stage is cached on content keys: rerunning continues where a run stopped, and a
@@ -48,7 +50,8 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
         batch_size: clips per SGD step (and per extraction batch).
         lr: SGD learning rate of the network (momentum 0.9, weight decay 1e-5) and of the head.
         seed: seeds the initial weights, k-means, the sampler and augmentation.
-        device: "auto" (a GPU when torch sees one), "cpu", "cuda" or "cuda:N".
+        device: "auto" (the GPUs when torch sees any, else the CPU), "cpu", "cuda" (every visible GPU)
+            or a list such as "cuda:0,1".
         dask_address: an existing Dask scheduler for extraction; default: a local cluster.
         n_workers: worker processes of the local Dask cluster (default: up to 4).
         crop_frames: train on random crops of this many frames (None: whole clips).
@@ -60,10 +63,13 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
             embeds every clip alike).
         allow_degenerate: train even when the embeddings are (near-)constant or one cluster holds more
             than half of the clips (the stage fails otherwise, naming the measure).
+        processes: training processes joined by torch.distributed (DDP): default one per GPU of
+            `device`, else 1; on the CPU, N gloo processes. batch_size is the global batch.
+        loader_workers: DataLoader worker processes per training process (0: read in the trainer).
         force_config: continue an existing run with a changed config.
     """
     logger = get_run_logger()
-    reader = validate(features, run_name, epochs, patience, clusters, algorithm, device)
+    reader = validate(features, run_name, epochs, patience, clusters, algorithm, device, processes, loader_workers)
     run = RunLayout(Path(runs_dir) / run_name)
     config = RunConfig(
         features=str(Path(features).resolve()), feature_key=reader.attrs["feature_key"],
@@ -81,7 +87,7 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
         history = []
         for epoch, keys in enumerate(epoch_keys(config, epochs - 1)):
             metrics = run_epoch(run, config, epoch, keys, previous, len(reader), device, cluster,
-                                training_progress(epoch))
+                                training_progress(epoch), processes, loader_workers)
             history.append(metrics)
             previous = metrics["checkpoint"]
             publish_epoch_table(run_name, history)
@@ -96,7 +102,7 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
 
 
 def validate(features: str, run_name: str, epochs: int, patience: int, clusters: int, algorithm: str,
-             device: str) -> FeatureReader:
+             device: str, processes: int | None, loader_workers: int) -> FeatureReader:
     """Fail before any work, naming the parameter (the configs' own constraints are checked by pydantic)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run_name or ""):
         raise ValueError(f"run_name must be letters, digits, '.', '_' or '-', got {run_name!r}")
@@ -106,10 +112,13 @@ def validate(features: str, run_name: str, epochs: int, patience: int, clusters:
         raise ValueError(f"patience must be >= 1, got {patience}")
     if algorithm not in ("kmeans", "pic"):
         raise ValueError(f"algorithm must be 'kmeans' or 'pic', got {algorithm!r}")
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():  # training runs in this process
+    if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+(,\d+)*", device):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or a GPU list such as 'cuda:0,1', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():  # training starts from this process
         raise ValueError(f"device is {device!r} but torch sees no GPU in the flow's process; use 'cpu' or 'auto'")
+    if processes is not None and processes < 1 or loader_workers < 0:
+        raise ValueError(f"processes must be >= 1 and loader_workers >= 0, got {processes}, {loader_workers}")
+    training_devices(device, processes)  # e.g. more processes than listed GPUs
     if not Path(features).is_dir() or read_record(features) is None:
         raise FileNotFoundError(f"features: no complete feature store at {features!r} "
                                 "(run cache-features first; it prints the store's path)")

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader
+from torch.utils.data import DataLoader
 
 from model.augment import SpecAugment, random_crop
 from model.batchnorm import recompute_batchnorm
@@ -90,12 +90,13 @@ def train_one_epoch(net: DecarNet, batches: Iterable, optimisers: tuple, augment
     loss_fn = nn.CrossEntropyLoss()
     total, correct, seen, steps = 0.0, 0, 0, 0
     for steps, (x, lengths, y) in enumerate(batches, 1):
+        # crops and SpecAugment run as batched tensor ops on the training device
+        x, lengths, y = (t.to(device, non_blocking=True) for t in (x, lengths, y))
         if crop_frames:
             x, lengths = random_crop(x, lengths, crop_frames, generator)
         x = augment(x, lengths)
-        y = y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = net(add_channel(x).to(device)).float()
+            logits = net(add_channel(x)).float()
         loss = loss_fn(logits, y)
         for optimiser in optimisers:
             optimiser.zero_grad(set_to_none=True)
@@ -113,24 +114,48 @@ def train_one_epoch(net: DecarNet, batches: Iterable, optimisers: tuple, augment
     return {"loss": mean_loss, "steps": steps, "accuracy": correct / max(seen, 1)}
 
 
+def rank_draws(order: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Rank `rank`'s share of the epoch's shuffled draws: every world-th one from position `rank`,
+    cut to the same length on every rank (DDP steps in lockstep). Disjoint; world 1 keeps all."""
+    return order[rank::world][: len(order) // world]
+
+
 def train_on_pseudo_labels(net: DecarNet, load_clip: Callable[[int], np.ndarray], labels: np.ndarray,
                            cfg: TrainConfig, seed: int, epoch: int, device: torch.device,
-                           on_step: Callable[[int, int, float], None] | None = None) -> dict:
+                           on_step: Callable[[int, int, float], None] | None = None, rank: int = 0, world: int = 1,
+                           wrap: Callable[[nn.Module], nn.Module] | None = None, loader_workers: int = 0) -> dict:
     """The training half of an epoch: densify -> sampler -> fresh head -> optimisers -> train.
 
     `load_clip(i)` gives labelled clip i's normalised log-mel (n_mels, frames); `labels[i]` its
-    pseudo-label. Deterministic for (seed, epoch) on the CPU."""
-    torch.manual_seed(train_seed(seed, epoch))
-    generator = torch.Generator().manual_seed(train_seed(seed, epoch))
+    pseudo-label (`load_clip` must be picklable when `loader_workers` > 0). With `world` > 1 this
+    runs on every rank of a torch.distributed group: each rank trains on its share of the draws with
+    batch_size / world clips per step, through `wrap(net)` (DistributedDataParallel). Deterministic
+    for (seed, epoch, world) on the CPU."""
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of the number of processes ({world})")
+    torch.manual_seed(train_seed(seed, epoch))  # the same fresh head on every rank
+    generator = torch.Generator().manual_seed(train_seed(seed, epoch) + 100_003 * rank)
     dense, clusters = densify_labels(labels)
     draws = cfg.samples_per_epoch or len(dense)
-    sampler = UniformClusterSampler(dense, draws, seed=train_seed(seed, epoch))
-    batches = BatchSampler(sampler, cfg.batch_size, drop_last=draws > cfg.batch_size)
-    loader = DataLoader(Clips(load_clip, dense), batch_sampler=batches, collate_fn=pad_batch)
+    order = rank_draws(UniformClusterSampler(dense, draws, seed=train_seed(seed, epoch)).indices(), rank, world)
+    per_rank = cfg.batch_size // world
+    batches = [order[a:a + per_rank].tolist() for a in range(0, len(order), per_rank)]
+    if draws > cfg.batch_size and len(batches[-1]) < per_rank:
+        batches.pop()  # full batches only (the last partial one would be a noisy step)
     net.reset_head(clusters)
+    if rank:  # augmentation differs between ranks, as their clips do
+        torch.manual_seed(train_seed(seed, epoch) + 100_003 * rank)
+    loader = DataLoader(Clips(load_clip, dense), batch_sampler=batches, collate_fn=pad_batch,
+                        num_workers=loader_workers, multiprocessing_context="spawn" if loader_workers else None,
+                        persistent_workers=False, pin_memory=device.type == "cuda")
     optimisers = make_optimisers(net, cfg)
-    stats = train_one_epoch(net, loader, optimisers, SpecAugment.from_config(cfg), device, cfg.crop_frames,
+    model = wrap(net) if wrap else net
+    stats = train_one_epoch(model, loader, optimisers, SpecAugment.from_config(cfg), device, cfg.crop_frames,
                             generator, on_step and (lambda step, loss: on_step(step, len(batches), loss)))
+    if world > 1:  # the epoch's figures over all ranks
+        totals = torch.tensor([stats["loss"], stats["accuracy"]], dtype=torch.float64)
+        torch.distributed.all_reduce(totals)
+        stats.update(loss=float(totals[0]) / world, accuracy=float(totals[1]) / world)
     return {**stats, "clusters": clusters, "draws": draws}
 
 

@@ -100,3 +100,31 @@ class FeatureReader:
         lengths = self.lengths[start:stop]
         width = max(int(lengths.max(initial=0)), 1)
         return np.asarray(self.logmel[start:stop, :, :width], dtype=np.float32), lengths
+
+
+class ClipLoader:
+    """Normalised log-mel of the i-th of `rows` (default: the usable clips), as training reads them.
+
+    Picklable: DataLoader workers get the path and open the store themselves on first use (a Zarr
+    handle must not cross a process boundary)."""
+
+    def __init__(self, store: str | Path, rows: np.ndarray | None = None):
+        self.store, self.rows, self._reader = str(store), None if rows is None else np.asarray(rows), None
+
+    def _open(self) -> FeatureReader:
+        if self._reader is None:
+            self._reader = FeatureReader(self.store)
+            if self.rows is None:
+                self.rows = self._reader.usable
+        return self._reader
+
+    def __len__(self) -> int:
+        self._open()
+        return len(self.rows)
+
+    def __call__(self, i: int) -> np.ndarray:
+        reader = self._open()
+        return (reader.get(int(self.rows[i])) - reader.mean) / reader.std
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_reader": None}

@@ -1,26 +1,24 @@
-"""Model stages of pre-training: the seeded initial network, and one training epoch on pseudo-labels."""
+"""Model stages of pre-training: the seeded initial network, and one training epoch on pseudo-labels
+(in this process, or on several processes joined by torch.distributed: tasks/launch.py)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from model.config import ModelConfig, TrainConfig
 from model.decar import batchnorm_sample, precise_batchnorm, train_on_pseudo_labels
 from model.network import DecarNet
-from model.runtime import resolve_device
+from model.runtime import training_devices
+from storage.atomic import write_json
 from storage.checkpoint import load_checkpoint, save_checkpoint
 from storage.faults import maybe_crash
-from storage.features import FeatureReader
+from storage.features import ClipLoader, FeatureReader
 from storage.labels import read_labels
 from tasks.caching import stage
-
-
-def store_clips(features: str, rows=None):
-    """(load_clip(i) -> normalised log-mel of the i-th of `rows` (default: the usable clips), count)."""
-    reader = FeatureReader(features)
-    rows = reader.usable if rows is None else rows
-    return (lambda i: (reader.get(int(rows[i])) - reader.mean) / reader.std), len(rows)
+from tasks.launch import run_processes
 
 
 @stage(name="initialize-model", output="checkpoint")
@@ -29,10 +27,10 @@ def initialize_model(checkpoint: str, features: str, model: dict, train: dict, s
     run's fixed sample of the store (without that, every clip gets the same embedding)."""
     cfg = TrainConfig(**train)
     net = DecarNet.random_init(ModelConfig(**model), seed)
-    load_clip, clips = store_clips(features)
-    precise_batchnorm(net, load_clip, batchnorm_sample(seed, clips, cfg.bn_clips), cfg.batch_size,
-                      torch.device("cpu"))
     reader = FeatureReader(features)
+    load_clip = ClipLoader(features)
+    precise_batchnorm(net, load_clip, batchnorm_sample(seed, len(load_clip), cfg.bn_clips), cfg.batch_size,
+                      torch.device("cpu"))
     save_checkpoint(checkpoint, {"epoch": -1, "model_config": net.config.model_dump(),
                                  "feature_config": reader.attrs["feature_config"],
                                  "norm": {"mean": reader.mean, "std": reader.std}, **net.state(), "clusters": 0}, key)
@@ -40,35 +38,54 @@ def initialize_model(checkpoint: str, features: str, model: dict, train: dict, s
 
 
 @stage(name="train-epoch", output="checkpoint")
-def train_epoch(features: str, labels: str, previous_checkpoint: str, checkpoint: str,
-                config: dict, epoch: int, seed: int, device: str, key: str,
+def train_epoch(features: str, labels: str, previous_checkpoint: str, checkpoint: str, config: dict, epoch: int,
+                seed: int, device: str, key: str, processes: int | None = None, loader_workers: int = 0,
                 progress=None) -> dict:
     """Train the whole network one epoch on this epoch's pseudo-labels; save the checkpoint.
 
-    `progress(fraction, loss)` is called now and then (the flow turns it into a UI artifact)."""
-    cfg = TrainConfig(**config)
-    dev = resolve_device(device)
-    payload = load_checkpoint(previous_checkpoint)
-    net = DecarNet.from_checkpoint(payload, dev)
-    _, label_values, rows = read_labels(labels)
-    load_clip, _ = store_clips(features, rows)
+    One process per device of `training_devices(device, processes)`: more than one run as a
+    torch.distributed group (DDP). `progress(fraction, loss)` is called now and then."""
+    devices = training_devices(device, processes)
+    job = dict(features=features, labels=labels, previous_checkpoint=previous_checkpoint, checkpoint=checkpoint,
+               config=config, epoch=epoch, seed=seed, key=key, loader_workers=loader_workers)
+    write_json(Path(checkpoint).with_name("train-job.json"), job)  # what `python -m tasks.train_rank` runs
+    started = time.perf_counter()
+    if len(devices) == 1:
+        report = (lambda r: progress(r["fraction"], r["loss"])) if progress else None
+        stats = train_rank(job, 0, 1, torch.device(devices[0]), report)
+    else:
+        stats = run_processes(train_rank, job, devices,
+                              (lambda r: progress(r["fraction"], r["loss"])) if progress else None)
+    seconds = time.perf_counter() - started
+    batch = TrainConfig(**config).batch_size
+    return {**stats, "checkpoint": checkpoint, "seconds": seconds,
+            "clips_per_second": stats["steps"] * batch / max(seconds, 1e-9)}
+
+
+def train_rank(job: dict, rank: int, world: int, device: torch.device, report=None) -> dict:
+    """One process's part of a training epoch; rank 0 saves the checkpoint (atomically, with its record)."""
+    cfg = TrainConfig(**job["config"])
+    payload = load_checkpoint(job["previous_checkpoint"])
+    net = DecarNet.from_checkpoint(payload, device)
+    _, label_values, rows = read_labels(job["labels"])
 
     def on_step(step: int, steps: int, loss: float) -> None:
-        maybe_crash("train-step")
-        if progress and (step % max(1, steps // 20) == 0 or step == steps):
-            progress(step / steps, loss)
+        maybe_crash("train-step" if world == 1 else f"train-step:rank{rank}")
+        if report and (step % max(1, steps // 20) == 0 or step == steps):
+            report({"fraction": step / steps, "loss": loss})
 
-    started = time.perf_counter()
-    stats = train_on_pseudo_labels(net, load_clip, label_values, cfg, seed, epoch, dev, on_step)
-    load_any, clips = store_clips(features)
-    precise_batchnorm(net, load_any, batchnorm_sample(seed, clips, cfg.bn_clips), cfg.batch_size, dev)
-    seconds = time.perf_counter() - started
-    net.cpu()
-    save_checkpoint(checkpoint, {
-        "epoch": epoch, "model_config": payload["model_config"], "feature_config": payload["feature_config"],
-        "norm": payload["norm"], **net.state(), "clusters": stats["clusters"],
-        "extra": {"loss": stats["loss"], "steps": stats["steps"], "draws": stats["draws"],
-                  "accuracy": stats["accuracy"]}}, key)
-    return {"checkpoint": checkpoint, "loss": stats["loss"], "accuracy": stats["accuracy"], "steps": stats["steps"],
-            "clusters": stats["clusters"], "seconds": seconds,
-            "clips_per_second": stats["steps"] * cfg.batch_size / max(seconds, 1e-9)}
+    wrap = (lambda m: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)) \
+        if world > 1 else None
+    stats = train_on_pseudo_labels(net, ClipLoader(job["features"], rows), label_values, cfg, job["seed"],
+                                   job["epoch"], device, on_step, rank, world, wrap, job["loader_workers"])
+    if rank == 0:
+        everything = ClipLoader(job["features"])
+        precise_batchnorm(net, everything, batchnorm_sample(job["seed"], len(everything), cfg.bn_clips),
+                          cfg.batch_size, device)
+        net.cpu()
+        save_checkpoint(job["checkpoint"], {
+            "epoch": job["epoch"], "model_config": payload["model_config"], "feature_config": payload["feature_config"],
+            "norm": payload["norm"], **net.state(), "clusters": stats["clusters"],
+            "extra": {"loss": stats["loss"], "steps": stats["steps"], "draws": stats["draws"],
+                      "accuracy": stats["accuracy"], "processes": world}}, job["key"])
+    return {k: stats[k] for k in ("loss", "accuracy", "steps", "clusters", "draws")} | {"processes": world}
