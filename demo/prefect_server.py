@@ -6,6 +6,7 @@ API; ephemeral mode would start a temporary server per process.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -96,6 +97,7 @@ def serve_ui(home: str | Path, port: int = 4200) -> None:
     port = port if port_free(port) else free_port()
     process, api_url = start_local_server(home, port=port, log_path=home / "ui-server.log")
     print(f"Prefect UI: {api_url.removesuffix('/api')}  (database in {home}; Ctrl-C stops it)", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a terminated `decar ui` stops its server too
     try:
         process.wait()
     except KeyboardInterrupt:

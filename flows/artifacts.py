@@ -44,8 +44,9 @@ def publish_living(kind: str, data, key: str, description: str | None = None) ->
         _living[run_key] = make(data, key=key, description=description)
     else:
         artifact = (TableArtifact(table=data) if kind == "table" else MarkdownArtifact(markdown=data))
-        get_client(sync_client=True).update_artifact(
-            _living[run_key], ArtifactUpdate(data=artifact.format(_sync=True), description=description))
+        with get_client(sync_client=True) as client:
+            client.update_artifact(_living[run_key],
+                                   ArtifactUpdate(data=artifact.format(_sync=True), description=description))
     return _living[run_key]
 
 
