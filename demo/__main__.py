@@ -22,13 +22,22 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=300, help="clips in the generated pool")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each clip")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--clusters", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--clusters", type=int, default=32)
     p.add_argument("--data-dir", default="data")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--prefect-home", default=".prefect")
     p.add_argument("--skip-benchmark", action="store_true")
     return p.parse_args(argv)
+
+
+# A CPU-scale configuration that learns (bench/science.py, README "Does pre-training learn?"): a
+# quarter-width network on 96-frame crops, 4 draws per clip and epoch, a prototype head from the
+# epoch's centroids, light SpecAugment, loudness removed per clip, PCA to 32 dims before k-means.
+DEMO_SETTINGS = dict(width_mult=0.25, batch_size=64, crop_frames=96,
+                     train_options={"head_init": "centroids", "freq_masks": 1, "freq_mask_bins": 10,
+                                    "time_masks": 1, "time_mask_frames": 20},
+                     cluster_options={"pca_dim": 32}, model_options={"clip_norm": True})
 
 
 def step(text: str) -> float:
@@ -63,10 +72,10 @@ def run_demo(args, api_url: str, started: float) -> int:
 
     print(f"    Prefect UI while the demo runs: {api_url.removesuffix('/api')}")
     source = Path(args.data_dir) / "demo-source"
-    marker = source / f".generated-{args.clips}x{args.seconds:g}s"
+    marker = source / f".generated-synth-{args.clips}x{args.seconds:g}s"
     if not marker.exists():  # deterministic, so generated once
         t = step(f"generating {args.clips} clips of {args.seconds:g} s laid out like AudioSet in {source}")
-        generate_pool(source, n_clips=args.clips, seconds=args.seconds, seed=0)
+        generate_pool(source, n_clips=args.clips, seconds=args.seconds, seed=0, sounds="synth")
         marker.touch()
         print(f"    done in {time.perf_counter() - t:.1f} s")
 
@@ -81,9 +90,10 @@ def run_demo(args, api_url: str, started: float) -> int:
     store = cache_features(manifest, data_dir=args.data_dir)
     print(f"    done in {time.perf_counter() - t:.1f} s -> {store}")
 
-    t = step(f"pretrain-decar: {args.epochs} epochs of DECAR (k-means, k={args.clusters}) on EfficientNet-B0")
+    t = step(f"pretrain-decar: {args.epochs} epochs of DECAR (k-means, k={args.clusters}) on a narrow EfficientNet-B0")
     run_dir = pretrain_decar(store, "demo", runs_dir=args.runs_dir, epochs=args.epochs, clusters=args.clusters,
-                             batch_size=32)
+                             **DEMO_SETTINGS, samples_per_epoch=4 * args.clips,
+                             force_config=True)  # a demo folder from an older version restarts
     print(f"    done in {time.perf_counter() - t:.1f} s -> {run_dir}")
     print(_epoch_table(run_dir))
 
@@ -148,9 +158,10 @@ def _results_table(results: str) -> str:
     import pyarrow.parquet as pq
 
     rows = pq.read_table(results).to_pylist()
-    lines = ["    task            mode      model         accuracy  macro-F1"]
+    lines = ["    task              mode      model           accuracy [95% CI]     macro-F1"]
     for r in rows:
-        lines.append(f"    {r['task']:<15} {r['mode']:<9} {r['model']:<13} {r['accuracy']:.3f}     {r['macro_f1']:.3f}")
+        lines.append(f"    {r['task']:<17} {r['mode']:<9} {r['model']:<15} {r['accuracy']:.3f} "
+                     f"[{r['accuracy_ci_low']:.3f}, {r['accuracy_ci_high']:.3f}]  {r['macro_f1']:.3f}")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from downstream.synth import pretraining_clip
 from storage.segments import clip_id as segment_clip_id
 
 SR = 16000
@@ -179,9 +180,15 @@ def _ytid(rng, taken: set) -> str:
     return ytid
 
 
-def generate_pool(folder: str | Path, n_clips: int = 300, seconds: float = 3.0, seed: int = 0) -> list[dict]:
+def generate_pool(folder: str | Path, n_clips: int = 300, seconds: float = 3.0, seed: int = 0,
+                  sounds: str = "families") -> list[dict]:
     """Write the pool (see module docstring); returns one row per clip:
-    ytid, start_s, end_s, family, labels, clip_id, video and mirror (paths relative to folder)."""
+    ytid, start_s, end_s, family, labels, clip_id, video and mirror (paths relative to folder).
+
+    sounds: "families" (the synthesisers above, cycled) or "synth" (downstream.synth's sound world:
+    speech, words, instruments, scenes of pre-training sources only, family "synth")."""
+    if sounds not in ("families", "synth"):
+        raise ValueError(f"sounds must be 'families' or 'synth', got {sounds!r}")
     folder = Path(folder)
     (folder / "videos").mkdir(parents=True, exist_ok=True)
     (folder / "mirror").mkdir(parents=True, exist_ok=True)
@@ -190,12 +197,13 @@ def generate_pool(folder: str | Path, n_clips: int = 300, seconds: float = 3.0, 
     rows = []
     for i in range(n_clips):
         rng = np.random.default_rng([seed, i])
-        family = names[i % len(names)]
-        synth, labels = FAMILIES[family]
+        family = names[i % len(names)] if sounds == "families" else "synth"
+        synth, labels = FAMILIES[family] if sounds == "families" else (None, ["/m/0synth"])
         ytid = _ytid(rng, taken)
         start = 1.0 + 0.5 * (i % 3)
         n = int(round(seconds * SR))
-        segment = _normalise(synth(rng, n), rng.uniform(0.3, 0.9))
+        audio = synth(rng, n) if synth else pretraining_clip(rng, seconds)[:n]
+        segment = _normalise(audio, rng.uniform(0.3, 0.9))
         before = _normalise(np.sin(2 * np.pi * 1000 * _time(int(start * SR))), 0.5)  # other audio: a beep
         after = _normalise(_noise(rng, SR, 1.0), 0.3)
         video_fmt, mirror_fmt = _VIDEO_FORMATS[i % 3], _MIRROR_FORMATS[i % 3]

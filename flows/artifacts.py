@@ -190,7 +190,8 @@ def publish_benchmark(rows: list[dict], name: str, paper: dict[str, dict | None]
              "| task | mode | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
     for task_name in dict.fromkeys(r["task"] for r in rows):
         for mode in dict.fromkeys(r["mode"] for r in rows if r["task"] == task_name):
-            cells = {r["model"]: f"{100 * r['accuracy']:.1f} % (F1 {r['macro_f1']:.2f})"
+            cells = {r["model"]: f"{100 * r['accuracy']:.1f} % [{100 * r.get('accuracy_ci_low', float('nan')):.0f}, "
+                                 f"{100 * r.get('accuracy_ci_high', float('nan')):.0f}] (F1 {r['macro_f1']:.2f})"
                      for r in rows if r["task"] == task_name and r["mode"] == mode}
             lines.append(f"| {task_name} | {mode} | " + " | ".join(cells.get(m, "-") for m in models) + " |")
     lines += ["", "Test accuracy (macro-F1) of the epoch with the best validation accuracy."]

@@ -34,7 +34,8 @@ def run_epoch(run: RunLayout, config: RunConfig, epoch: int, keys: EpochKeys, pr
     cached = [stage for stage, (path, key) in outputs.items() if is_complete(path, key)]  # reused, not run now
     extracted = extract_epoch(run, config, epoch, keys, previous_checkpoint, rows, extraction_device(device), cluster)
     clustered, compared = cluster_epoch(run, config, epoch, keys)
-    trained = run_stage(train_epoch, keys.train, features=config.features, labels=str(run.labels(epoch)),
+    trained = run_stage(train_epoch, keys.train, features=config.features, embeddings=str(run.embeddings(epoch)),
+                        labels=str(run.labels(epoch)),
                         previous_checkpoint=previous_checkpoint, checkpoint=str(run.checkpoint(epoch)),
                         config=config.train.model_dump(), epoch=epoch, seed=config.seed, device=device,
                         processes=processes, loader_workers=loader_workers, progress=progress)

@@ -33,7 +33,8 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
                    n_workers: int | None = None, crop_frames: int | None = None,
                    samples_per_epoch: int | None = None, width_mult: float = 1.0, embed_shard_size: int = 256,
                    bn_clips: int = 256, allow_degenerate: bool = False, processes: int | None = None,
-                   loader_workers: int = 0, force_config: bool = False) -> str:
+                   loader_workers: int = 0, train_options: dict | None = None, cluster_options: dict | None = None,
+                   model_options: dict | None = None, force_config: bool = False) -> str:
     """DECAR pre-training on a feature store; returns the run directory.
 
     Every stage is cached on content keys: rerunning continues where a run stopped, and a
@@ -66,6 +67,10 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
         processes: training processes joined by torch.distributed (DDP): default one per GPU of
             `device`, else 1; on the CPU, N gloo processes. batch_size is the global batch.
         loader_workers: DataLoader worker processes per training process (0: read in the trainer).
+        train_options: further TrainConfig settings (model/config.py), e.g. {"head_init": "centroids",
+            "freq_mask_bins": 10}; they override the parameters above.
+        cluster_options: further ClusterConfig settings, e.g. {"pca_dim": 32, "kmeans_init": "random"}.
+        model_options: further ModelConfig settings, e.g. {"clip_norm": true}.
         force_config: continue an existing run with a changed config.
     """
     logger = get_run_logger()
@@ -73,10 +78,11 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
     run = RunLayout(Path(runs_dir) / run_name)
     config = RunConfig(
         features=str(Path(features).resolve()), feature_key=reader.attrs["feature_key"],
-        model=ModelConfig(width_mult=width_mult),
-        cluster=ClusterConfig(algorithm=algorithm, clusters=clusters, allow_degenerate=allow_degenerate),
-        train=TrainConfig(batch_size=batch_size, lr=lr, crop_frames=crop_frames, samples_per_epoch=samples_per_epoch,
-                          bn_clips=bn_clips),
+        model=ModelConfig(**{"width_mult": width_mult, **(model_options or {})}),
+        cluster=ClusterConfig(**{"algorithm": algorithm, "clusters": clusters, "allow_degenerate": allow_degenerate,
+                                 **(cluster_options or {})}),
+        train=TrainConfig(**{"batch_size": batch_size, "lr": lr, "crop_frames": crop_frames,
+                             "samples_per_epoch": samples_per_epoch, "bn_clips": bn_clips, **(train_options or {})}),
         seed=seed, embed_shard_size=embed_shard_size)
     with DirectoryLock(run.root), ExitStack() as stack:
         config = freeze_run_config(run, config, force_config)

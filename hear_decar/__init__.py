@@ -52,7 +52,7 @@ class DecarEmbedding(nn.Module):
         """(b, samples) -> last feature map (b, C, F', T')."""
         features = log_mel(audio.float().cpu(), self.feature_config).to(self.device)
         features = (features - self.mean) / self.std
-        return self.encoder.features(add_channel(features))
+        return self.encoder.feature_map(add_channel(features))
 
     @property
     def device(self) -> torch.device:

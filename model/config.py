@@ -41,7 +41,9 @@ class ModelConfig(_Config):
     """EfficientNet-B0 encoder f (1-channel stem, global max pool) and projection g."""
 
     embedding_dim: int = Field(512, gt=0, description="output of g: Linear 1280->embedding_dim + ReLU")
-    width_mult: float = Field(1.0, gt=0, description="1.0 is EfficientNet-B0; smaller only for tests")
+    width_mult: float = Field(1.0, gt=0, description="1.0 is EfficientNet-B0; smaller for tests and CPU runs")
+    clip_norm: bool = Field(False, description="remove each clip's mean log-mel (its loudness) at the input: "
+                            "the first clusterings otherwise follow loudness about as much as content")
 
 
 class ClusterConfig(_Config):
@@ -69,6 +71,10 @@ class TrainConfig(_Config):
     momentum: float = Field(0.9, ge=0)
     weight_decay: float = Field(1e-5, ge=0)
     head_lr: float | None = Field(None, description="defaults to lr; the head's SGD has no momentum")
+    head_init: Literal["random", "centroids"] = Field(
+        "random", description="random: N(0, 0.01) each epoch (paper); centroids: rows = the epoch's normalised "
+        "cluster centroids of z, logits = cos / head_temperature (DeepCluster-v2; bench/science.py)")
+    head_temperature: float = Field(0.1, gt=0)
     crop_frames: int | None = Field(None, ge=8, description="random crop length in frames; None = whole clip")
     freq_masks: int = Field(2, ge=0)
     freq_mask_bins: int = Field(30, ge=0)

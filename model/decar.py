@@ -114,6 +114,18 @@ def train_one_epoch(net: DecarNet, batches: Iterable, optimisers: tuple, augment
     return {"loss": mean_loss, "steps": steps, "accuracy": correct / max(seen, 1)}
 
 
+@torch.no_grad()
+def centroid_head(head: nn.Linear, z: np.ndarray, dense: np.ndarray, temperature: float) -> None:
+    """Prototype head (DeepCluster-v2): row c = the normalised mean of cluster c's normalised z,
+    scaled so that logits are about cos(z, c) / temperature. A random head starts every epoch at
+    chance and the body then learns through noise for its first steps (bench/science.py)."""
+    zn = nn.functional.normalize(torch.from_numpy(np.asarray(z, np.float32)), dim=1)
+    sums = torch.zeros(head.out_features, zn.shape[1]).index_add_(0, torch.from_numpy(np.asarray(dense)), zn)
+    scale = temperature * float(np.linalg.norm(z, axis=1).mean() + 1e-12)
+    head.weight.copy_((nn.functional.normalize(sums, dim=1) / scale).to(head.weight.device))
+    head.bias.zero_()
+
+
 def rank_draws(order: np.ndarray, rank: int, world: int) -> np.ndarray:
     """Rank `rank`'s share of the epoch's shuffled draws: every world-th one from position `rank`,
     cut to the same length on every rank (DDP steps in lockstep). Disjoint; world 1 keeps all."""
@@ -123,14 +135,16 @@ def rank_draws(order: np.ndarray, rank: int, world: int) -> np.ndarray:
 def train_on_pseudo_labels(net: DecarNet, load_clip: Callable[[int], np.ndarray], labels: np.ndarray,
                            cfg: TrainConfig, seed: int, epoch: int, device: torch.device,
                            on_step: Callable[[int, int, float], None] | None = None, rank: int = 0, world: int = 1,
-                           wrap: Callable[[nn.Module], nn.Module] | None = None, loader_workers: int = 0) -> dict:
+                           wrap: Callable[[nn.Module], nn.Module] | None = None, loader_workers: int = 0,
+                           z: np.ndarray | None = None) -> dict:
     """The training half of an epoch: densify -> sampler -> fresh head -> optimisers -> train.
 
     `load_clip(i)` gives labelled clip i's normalised log-mel (n_mels, frames); `labels[i]` its
     pseudo-label (`load_clip` must be picklable when `loader_workers` > 0). With `world` > 1 this
     runs on every rank of a torch.distributed group: each rank trains on its share of the draws with
-    batch_size / world clips per step, through `wrap(net)` (DistributedDataParallel). Deterministic
-    for (seed, epoch, world) on the CPU."""
+    batch_size / world clips per step, through `wrap(net)` (DistributedDataParallel). `z[i]` (the
+    epoch's extracted embeddings) is needed for `head_init="centroids"`. Deterministic for
+    (seed, epoch, world) on the CPU."""
     if cfg.batch_size % world:
         raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of the number of processes ({world})")
     torch.manual_seed(train_seed(seed, epoch))  # the same fresh head on every rank
@@ -142,7 +156,11 @@ def train_on_pseudo_labels(net: DecarNet, load_clip: Callable[[int], np.ndarray]
     batches = [order[a:a + per_rank].tolist() for a in range(0, len(order), per_rank)]
     if draws > cfg.batch_size and len(batches[-1]) < per_rank:
         batches.pop()  # full batches only (the last partial one would be a noisy step)
-    net.reset_head(clusters)
+    head = net.reset_head(clusters)
+    if cfg.head_init == "centroids":
+        if z is None:
+            raise ValueError("head_init='centroids' needs the epoch's embeddings z")
+        centroid_head(head, z, dense, cfg.head_temperature)
     if rank:  # augmentation differs between ranks, as their clips do
         torch.manual_seed(train_seed(seed, epoch) + 100_003 * rank)
     loader = DataLoader(Clips(load_clip, dense), batch_sampler=batches, collate_fn=pad_batch,
@@ -211,7 +229,7 @@ def reference_epoch(net: DecarNet, logmels: list[np.ndarray], mean: float, std: 
     labels = cluster(z, cluster_cfg, cluster_seed(seed, epoch))
     # 3-6. densify -> uniform-over-clusters sampler -> fresh head -> one epoch of SGD
     load_clip = lambda i: (logmels[i] - mean) / std  # noqa: E731
-    stats = train_on_pseudo_labels(net, load_clip, labels, train_cfg, seed, epoch, device)
+    stats = train_on_pseudo_labels(net, load_clip, labels, train_cfg, seed, epoch, device, z=z)
     # 7. eval-mode statistics for the next extraction: batch norm averaged over the run's fixed sample
     precise_batchnorm(net, load_clip, batchnorm_sample(seed, len(logmels), train_cfg.bn_clips),
                       train_cfg.batch_size, device)

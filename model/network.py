@@ -13,8 +13,9 @@ from model.config import ModelConfig
 class Encoder(nn.Module):
     """f: log-mel (B, 1, n_mels, T) -> h (B, 1280 * width) by global max pooling."""
 
-    def __init__(self, width_mult: float = 1.0):
+    def __init__(self, width_mult: float = 1.0, clip_norm: bool = False):
         super().__init__()
+        self.clip_norm = clip_norm
         if width_mult == 1.0:
             net = efficientnet_b0(weights=None)
         else:  # a narrower B0 keeps tests fast; same blocks, fewer channels
@@ -26,15 +27,22 @@ class Encoder(nn.Module):
         self.features = net.features
         self.out_dim = net.classifier[1].in_features
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map (B, C, F', T'). With clip_norm, each clip's mean log-mel (its
+        loudness, one scalar) is removed first: pseudo-labels then follow content, not level."""
+        if self.clip_norm:
+            x = x - x.mean(dim=(2, 3), keepdim=True)
+        return self.features(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.amax(self.features(x), dim=(2, 3))
+        return torch.amax(self.feature_map(x), dim=(2, 3))
 
 
 class DecarNet(nn.Module):
     def __init__(self, config: ModelConfig, clusters: int | None = None):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config.width_mult)
+        self.encoder = Encoder(config.width_mult, config.clip_norm)
         self.projection = nn.Sequential(nn.Linear(self.encoder.out_dim, config.embedding_dim), nn.ReLU())
         self.head: nn.Linear | None = None
         if clusters:

@@ -14,6 +14,7 @@ from model.network import DecarNet
 from model.runtime import training_devices
 from storage.atomic import write_json
 from storage.checkpoint import load_checkpoint, save_checkpoint
+from storage.embeddings import read_embeddings
 from storage.faults import maybe_crash
 from storage.features import ClipLoader, FeatureReader
 from storage.labels import read_labels
@@ -38,16 +39,16 @@ def initialize_model(checkpoint: str, features: str, model: dict, train: dict, s
 
 
 @stage(name="train-epoch", output="checkpoint")
-def train_epoch(features: str, labels: str, previous_checkpoint: str, checkpoint: str, config: dict, epoch: int,
-                seed: int, device: str, key: str, processes: int | None = None, loader_workers: int = 0,
-                progress=None) -> dict:
+def train_epoch(features: str, embeddings: str, labels: str, previous_checkpoint: str, checkpoint: str,
+                config: dict, epoch: int, seed: int, device: str, key: str, processes: int | None = None,
+                loader_workers: int = 0, progress=None) -> dict:
     """Train the whole network one epoch on this epoch's pseudo-labels; save the checkpoint.
 
     One process per device of `training_devices(device, processes)`: more than one run as a
     torch.distributed group (DDP). `progress(fraction, loss)` is called now and then."""
     devices = training_devices(device, processes)
-    job = dict(features=features, labels=labels, previous_checkpoint=previous_checkpoint, checkpoint=checkpoint,
-               config=config, epoch=epoch, seed=seed, key=key, loader_workers=loader_workers)
+    job = dict(features=features, embeddings=embeddings, labels=labels, previous_checkpoint=previous_checkpoint,
+               checkpoint=checkpoint, config=config, epoch=epoch, seed=seed, key=key, loader_workers=loader_workers)
     write_json(Path(checkpoint).with_name("train-job.json"), job)  # what `python -m tasks.train_rank` runs
     started = time.perf_counter()
     if len(devices) == 1:
@@ -76,8 +77,9 @@ def train_rank(job: dict, rank: int, world: int, device: torch.device, report=No
 
     wrap = (lambda m: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)) \
         if world > 1 else None
+    z = read_embeddings(job["embeddings"], rows) if cfg.head_init == "centroids" else None
     stats = train_on_pseudo_labels(net, ClipLoader(job["features"], rows), label_values, cfg, job["seed"],
-                                   job["epoch"], device, on_step, rank, world, wrap, job["loader_workers"])
+                                   job["epoch"], device, on_step, rank, world, wrap, job["loader_workers"], z)
     if rank == 0:
         everything = ClipLoader(job["features"])
         precise_batchnorm(net, everything, batchnorm_sample(job["seed"], len(everything), cfg.bn_clips),

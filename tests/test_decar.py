@@ -80,3 +80,20 @@ def test_fresh_network_embeds_varied_inputs_apart_after_precise_batchnorm():
     after = embedding_health(z())
     assert before["relative_spread"] < 1e-4, before
     assert after["relative_spread"] > 1e-2 and after["distinct_rows"] == 32, after
+
+
+def test_centroid_head_predicts_the_nearest_centroid():
+    """head_init="centroids": before any step, the head already assigns each z to its own cluster."""
+    from torch import nn
+
+    from model.decar import centroid_head
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((5, 16)) * 4
+    dense = np.repeat(np.arange(5), 20)
+    z = (centres[dense] + rng.standard_normal((100, 16))).astype(np.float32)
+    head = nn.Linear(16, 5)
+    centroid_head(head, z, dense, temperature=0.1)
+    with torch.no_grad():
+        predicted = head(torch.from_numpy(z)).argmax(1).numpy()
+    assert (predicted == dense).mean() > 0.95 and torch.all(head.bias == 0)

@@ -207,3 +207,15 @@ def test_a_few_epochs_learn_the_pseudo_labels(store, tmp_path, dask_address):
     assert last["loss"] < 0.8 * np.log(4), [read_metrics(run, e)["loss"] for e in range(3)]
     assert last["health"]["training"]["pseudo_label_accuracy"] > 0.5
     assert last["health"]["embedding"]["distinct_rows"] == 48
+
+
+def test_options_reach_the_configs_and_a_centroid_head_trains(store, tmp_path, dask_address):
+    run = RunLayout(pretrain_decar(store, "proto", runs_dir=str(tmp_path), epochs=1, dask_address=dask_address,
+                                   train_options={"head_init": "centroids", "freq_mask_bins": 10},
+                                   cluster_options={"pca_dim": 16}, **SMALL))
+    config = json.loads(run.config.read_text())
+    assert config["train"]["head_init"] == "centroids" and config["train"]["freq_mask_bins"] == 10
+    assert config["cluster"]["pca_dim"] == 16
+    assert read_metrics(run, 0)["loss"] < np.log(4)  # a prototype head starts near the labels, not at chance
+    with pytest.raises(ValueError, match="head_init"):
+        pretrain_decar(store, "bad-option", runs_dir=str(tmp_path), train_options={"head_init": "zeros"}, **SMALL)
