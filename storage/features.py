@@ -10,6 +10,8 @@ Shard s holds clips [s*S, (s+1)*S), written whole by one writer (storage/sharded
 """
 from __future__ import annotations
 
+import logging
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from storage.atomic import remove
 from storage.sharded import write_shard_record
 
 OK_STATUS, FAILED_STATUS = 0, 1
+logger = logging.getLogger(__name__)
 
 
 def create_store(store: str | Path, clip_ids: list[str], n_mels: int, frames: int,
@@ -102,21 +105,44 @@ class FeatureReader:
         return np.asarray(self.logmel[start:stop, :, :width], dtype=np.float32), lengths
 
 
+def preload_budget() -> int:
+    """Bytes of log-mel a ClipLoader copies into RAM automatically: $DECAR_PRELOAD_BYTES, else an
+    eighth of the machine's memory (each training process and loader worker holds its own copy)."""
+    if os.environ.get("DECAR_PRELOAD_BYTES"):
+        return int(float(os.environ["DECAR_PRELOAD_BYTES"]))
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 class ClipLoader:
     """Normalised log-mel of the i-th of `rows` (default: the usable clips), as training reads them.
 
+    preload: True copies the whole float16 log-mel array into RAM on first use (then clips are
+    sliced from memory, no Zarr reads), False never, None when it fits `preload_budget()`.
     Picklable: DataLoader workers get the path and open the store themselves on first use (a Zarr
     handle must not cross a process boundary)."""
 
-    def __init__(self, store: str | Path, rows: np.ndarray | None = None):
+    def __init__(self, store: str | Path, rows: np.ndarray | None = None, preload: bool | None = None):
         self.store, self.rows, self._reader = str(store), None if rows is None else np.asarray(rows), None
+        self.preload, self._memory = preload, None
 
     def _open(self) -> FeatureReader:
         if self._reader is None:
             self._reader = FeatureReader(self.store)
             if self.rows is None:
                 self.rows = self._reader.usable
+            nbytes = int(np.prod(self._reader.logmel.shape)) * self._reader.logmel.dtype.itemsize
+            if self.preload or (self.preload is None and nbytes <= preload_budget()):
+                self._memory = np.asarray(self._reader.logmel[:])
+                logger.info("feature store %s held in RAM (%.1f MB of float16 log-mel)", self.store, nbytes / 1e6)
         return self._reader
+
+    @property
+    def in_memory(self) -> bool:
+        self._open()
+        return self._memory is not None
 
     def __len__(self) -> int:
         self._open()
@@ -124,7 +150,12 @@ class ClipLoader:
 
     def __call__(self, i: int) -> np.ndarray:
         reader = self._open()
-        return (reader.get(int(self.rows[i])) - reader.mean) / reader.std
+        row = int(self.rows[i])
+        if self._memory is not None:
+            clip = self._memory[row, :, :int(reader.lengths[row])].astype(np.float32)
+        else:
+            clip = reader.get(row)
+        return (clip - reader.mean) / reader.std
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_reader": None}
+        return {**self.__dict__, "_reader": None, "_memory": None}

@@ -1,0 +1,335 @@
+"""Training and extraction throughput, measured side by side in one run (issue 11: scale out pre-training).
+
+On a generated feature store of 10 s clips (64 x 1001 float16 log-mels written with
+storage.features.create_store/write_shard; no Prefect for the store):
+  1. training stage (ClipLoader -> DataLoader -> batched SpecAugment -> step, through
+     model.decar.train_on_pseudo_labels) vs a bare forward/backward/step on tensors already on the
+     device, for 0, 1 and 2 loader workers;
+  2. loader only (the training DataLoader without a model): clips/s and MB/s per worker, with the
+     store read from Zarr and held in RAM (ClipLoader preload);
+  3. 1 vs 2 training processes (gloo, tasks.launch.run_processes) with the same global batch:
+     clips/s and the epoch's loss of both;
+  4. the Dask extraction stage (flows.sharded.fill_shards on 2 one-thread workers) vs a bare forward,
+     one task per shard (before) and one task per worker batch of shards (now).
+
+    .venv/bin/python bench/train.py                    # a few minutes on 2 cores (narrow network)
+    .venv/bin/python bench/train.py --full --clips 512 --draws 256 --extract-clips 20000
+    .venv/bin/python bench/train.py --parts extract --extract-clips 2000
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT)]
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+
+CLIP_MB = 64 * 1001 * 2 / 1e6  # one 10 s clip of float16 log-mel
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", default="train,loader,ddp,extract", help="comma-separated subset")
+    p.add_argument("--clips", type=int, default=256, help="clips in the training store (10 s each)")
+    p.add_argument("--draws", type=int, default=96, help="training draws per measurement")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--clusters", type=int, default=16)
+    p.add_argument("--full", action="store_true", help="EfficientNet-B0 (default: width_mult 0.25)")
+    p.add_argument("--workers", default="0,1,2", help="loader workers to compare")
+    p.add_argument("--extract-clips", type=int, default=2000)
+    p.add_argument("--extract-seconds", type=float, default=2.0, help="clip length for extraction")
+    p.add_argument("--extract-shard-size", type=int, default=256, help="embed_shard_size (the flow's default)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the training parts (2 threads on this "
+                   "shared, loaded 2-core machine ran ~8x slower than 1: OpenMP threads spin against other work)")
+    p.add_argument("--workdir", default=None, help="default: a temporary folder")
+    return p.parse_args()
+
+
+def make_store(path: Path, clips: int, seconds: float, shard_size: int = 256, seed: int = 0) -> str:
+    """A feature store of `clips` random log-mels of `seconds` (varying by up to 10% shorter)."""
+    import numpy as np
+
+    from storage.features import create_store, finalize_store, write_shard
+
+    frames = int(round(seconds * 100)) + 1
+    rng = np.random.default_rng(seed)
+    create_store(path, [f"clip{i:06d}" for i in range(clips)], 64, frames, shard_size,
+                 {"feature_config": {}, "feature_key": "bench"})
+    for s, a in enumerate(range(0, clips, shard_size)):
+        n = min(shard_size, clips - a)
+        x = rng.normal(-4.0, 2.0, (n, 64, frames)).astype(np.float16)
+        lengths = rng.integers(int(frames * 0.9), frames + 1, n)
+        for j, length in enumerate(lengths):
+            x[j, :, length:] = 0
+        write_shard(path, s, a, x, lengths, np.zeros(n, np.int8), "bench")
+    finalize_store(path, mean=-4.0, std=2.0)
+    return str(path)
+
+
+def network(width: float, seed: int = 0):
+    from model.config import ModelConfig
+    from model.network import DecarNet
+
+    return DecarNet.random_init(ModelConfig(width_mult=width), seed)
+
+
+def train_config(args):
+    from model.config import TrainConfig
+
+    return TrainConfig(batch_size=args.batch_size, samples_per_epoch=args.draws, bn_clips=0)
+
+
+def labels_for(clips: int, clusters: int):
+    import numpy as np
+
+    return np.random.default_rng(1).integers(0, clusters, clips)
+
+
+def bare_step(width: float, cfg, clusters: int, steps: int, frames: int) -> float:
+    """Clips/s of forward/backward/step on tensors already on the device (same optimisers, same shapes)."""
+    import torch
+    from torch import nn
+
+    from model.decar import make_optimisers
+    from model.network import add_channel
+
+    net = network(width).train()
+    net.reset_head(clusters)
+    optimisers = make_optimisers(net, cfg)
+    x = torch.randn(cfg.batch_size, 64, frames)
+    y = torch.randint(0, clusters, (cfg.batch_size,))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        loss = loss_fn(net(add_channel(x)), y)
+        for o in optimisers:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in optimisers:
+            o.step()
+
+    step()  # warm-up, as the stage's first step is excluded below
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * cfg.batch_size / (time.perf_counter() - started)
+
+
+def stage_step(store: str, width: float, cfg, labels, workers: int, preload: bool | None = None) -> dict:
+    """train_on_pseudo_labels with `workers` loader workers: whole-call and steady (after step 1) clips/s."""
+    import torch
+
+    from model.decar import train_on_pseudo_labels
+    from storage.features import ClipLoader
+
+    net = network(width)
+    marks = {}
+
+    def on_step(step, steps, loss):
+        marks.setdefault(step, time.perf_counter())
+
+    started = time.perf_counter()
+    out = train_on_pseudo_labels(net, ClipLoader(store, preload=preload), labels, cfg, seed=0, epoch=0,
+                                 device=torch.device("cpu"), on_step=on_step, loader_workers=workers)
+    ended = time.perf_counter()
+    steps = out["steps"]
+    return {"whole": steps * cfg.batch_size / (ended - started),
+            "steady": (steps - 1) * cfg.batch_size / (marks[steps] - marks[1]), "loss": out["loss"], "steps": steps}
+
+
+def part_train(args, store: str) -> None:
+    import torch
+
+    width = 1.0 if args.full else 0.25
+    cfg = train_config(args)
+    labels = labels_for(args.clips, args.clusters)
+    steps = args.draws // args.batch_size
+    print(f"\n1. training stage vs bare step: {'EfficientNet-B0' if args.full else 'B0 x0.25'}, batch "
+          f"{args.batch_size}, {steps} steps of 10 s clips, {torch.get_num_threads()} torch threads "
+          f"(store read from Zarr, preload off)")
+    bare = bare_step(width, cfg, args.clusters, steps - 1, 1001)
+    print(f"   bare forward/backward/step: {bare:.1f} clips/s")
+    for w in [int(x) for x in args.workers.split(",")]:
+        r = stage_step(store, width, cfg, labels, w, preload=False)
+        print(f"   {w} loader workers: stage {r['steady']:.1f} clips/s after step 1 (ratio {r['steady'] / bare:.2f}), "
+              f"{r['whole']:.1f} clips/s whole call incl. worker start (ratio {r['whole'] / bare:.2f})")
+
+
+def loader_rate(store: str, args, workers: int, preload: bool | None) -> float:
+    from torch.utils.data import DataLoader
+
+    from model.data import Clips, pad_batch
+    from storage.features import ClipLoader
+
+    labels = labels_for(args.clips, args.clusters)
+    order = [int(i) for i in __import__("numpy").random.default_rng(2).integers(0, args.clips, 4 * args.clips)]
+    batches = [order[a:a + args.batch_size] for a in range(0, len(order), args.batch_size)]
+    loader = DataLoader(Clips(ClipLoader(store, preload=preload), labels), batch_sampler=batches,
+                        collate_fn=pad_batch, num_workers=workers,
+                        multiprocessing_context="spawn" if workers else None)
+    started, n = None, 0
+    for x, _, _ in loader:
+        if started is None:
+            started = time.perf_counter()  # after the first batch: workers started, store opened (and preloaded)
+            continue
+        n += len(x)
+    return n / (time.perf_counter() - started)
+
+
+def part_loader(args, store: str) -> None:
+    print(f"\n2. loader only (training DataLoader, random rows, batch {args.batch_size}, no model); "
+          f"{CLIP_MB:.3f} MB of float16 per clip")
+    for preload in (False, True):
+        for w in [int(x) for x in args.workers.split(",")]:
+            rate = loader_rate(store, args, w, preload)
+            per = rate / max(w, 1)
+            print(f"   {'RAM (preload)' if preload else 'Zarr          '} {w} workers: {rate:.0f} clips/s "
+                  f"({rate * CLIP_MB:.0f} MB/s); per worker {per:.0f} clips/s ({per * CLIP_MB:.0f} MB/s)")
+
+
+def ddp_rank(job: dict, rank: int, world: int, device, report=None) -> dict:
+    """One rank of the 1-vs-2-process comparison (what tasks.train.train_rank does, minus the checkpoint)."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from model.config import TrainConfig
+    from model.decar import train_on_pseudo_labels
+    from storage.features import ClipLoader
+
+    net = network(job["width"])
+    marks = {}
+    started = time.perf_counter()
+    out = train_on_pseudo_labels(net, ClipLoader(job["store"]), labels_for(job["clips"], job["clusters"]),
+                                 TrainConfig(**job["cfg"]), seed=0, epoch=0, device=device,
+                                 on_step=lambda s, n, loss: marks.setdefault(s, time.perf_counter()), rank=rank,
+                                 world=world, wrap=(lambda m: DistributedDataParallel(m)) if world > 1 else None)
+    ended = time.perf_counter()
+    clips = out["steps"] * TrainConfig(**job["cfg"]).batch_size  # global batch per step
+    return {"loss": out["loss"], "steps": out["steps"], "threads": torch.get_num_threads(),
+            "whole": clips / (ended - started),
+            "steady": (clips - clips // out["steps"]) / (marks[out["steps"]] - marks[1])}
+
+
+def part_ddp(args, store: str) -> None:
+    from tasks.launch import run_processes
+
+    width = 1.0 if args.full else 0.25
+    job = dict(store=store, width=width, clips=args.clips, clusters=args.clusters,
+               cfg=train_config(args).model_dump())
+    print(f"\n3. 1 vs 2 training processes (gloo, tasks.launch.run_processes), global batch {args.batch_size}, "
+          f"{args.draws} draws")
+    results = {}
+    for world in (1, 2):
+        started = time.perf_counter()
+        r = run_processes(ddp_rank, job, ["cpu"] * world)
+        results[world] = r
+        print(f"   {world} process(es) x {r['threads']} threads: {r['steady']:.1f} clips/s after step 1, "
+              f"{r['whole']:.1f} clips/s in train_on_pseudo_labels, {time.perf_counter() - started:.1f} s with "
+              f"spawn; epoch loss {r['loss']:.4f} over {r['steps']} steps")
+    print(f"   2/1 processes: speed {results[2]['steady'] / results[1]['steady']:.2f}x, "
+          f"loss difference {results[2]['loss'] - results[1]['loss']:+.4f}")
+
+
+def part_extract(args, work: Path) -> None:
+    from demo.prefect_server import start_local_server, stop_process
+
+    server, api_url = start_local_server(work / "prefect")
+    os.environ.update(PREFECT_API_URL=api_url, PREFECT_HOME=str(work / "prefect"))
+    try:
+        extraction(args, work)
+    finally:
+        stop_process(server)
+
+
+def extraction(args, work: Path) -> None:
+    from contextlib import ExitStack
+
+    import torch
+    from prefect import flow
+
+    import flows.sharded as sharded
+    from flows.runners import OnDemandCluster, local_cluster
+    from storage.checkpoint import save_checkpoint
+    from storage.embeddings import create_embeddings
+    from storage.features import FeatureReader
+    from storage.records import read_record
+    from tasks.embed import embed_shard
+
+    n, size, batch = args.extract_clips, args.extract_shard_size, 64
+    store = make_store(work / f"extract-{n}.zarr", n, args.extract_seconds)
+    reader = FeatureReader(store)
+    net = network(1.0).eval()
+    ckpt = str(work / "init.pt")
+    save_checkpoint(ckpt, {"epoch": -1, "model_config": net.config.model_dump(), "feature_config": {},
+                           "norm": {"mean": reader.mean, "std": reader.std}, **net.state(), "clusters": 0}, "bench")
+    sha = read_record(ckpt)["sha256"]
+
+    widths = [int(reader.lengths[a:a + batch].max()) for a in range(0, n, batch)]
+    bares = {}
+    for threads in (1, os.cpu_count() or 1):  # the faster way to use the machine is the reference
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        with torch.no_grad():
+            for a, width in zip(range(0, n, batch), widths):
+                net.embed(torch.randn(min(batch, n - a), 1, 64, width))
+        bares[threads] = n / (time.perf_counter() - started)
+    bare = max(bares.values())
+
+    @flow(name="bench-extraction")
+    def stage(out: str, key: str, address: str) -> float:
+        with ExitStack() as stack:
+            cluster = OnDemandCluster(address, None, stack)
+            began = time.perf_counter()
+            sharded.fill_shards(
+                embed_shard.name, out, key, n, size, create=lambda: create_embeddings(out, n, 512, size, key),
+                job=lambda s, a, b: dict(embeddings=out, features=store, checkpoint=ckpt, checkpoint_sha256=sha,
+                                         shard=s, start=a, stop=b, batch_size=batch, device="cpu"),
+                cluster=cluster, what="embeddings")
+            return time.perf_counter() - began
+
+    print(f"\n4. extraction, {n} clips of {args.extract_seconds:g} s, EfficientNet-B0, batch {batch}, "
+          f"embed_shard_size {size} ({len(range(0, n, size))} shards); bare forward "
+          + ", ".join(f"{v:.1f} clips/s on {t} thread(s)" for t, v in bares.items()) + f" -> reference {bare:.1f}")
+    with local_cluster(2) as address:
+        batched = set(sharded.BATCHED_STAGES)
+        for label, per_batch in (("first use, task per worker batch", True), ("task per shard (before)", False),
+                                 ("task per worker batch (now)", True)):
+            sharded.BATCHED_STAGES.clear()
+            if per_batch:
+                sharded.BATCHED_STAGES.update(batched)
+            out = str(work / f"emb-{label[:12].replace(' ', '-')}-{time.monotonic_ns()}.zarr")
+            seconds = stage(out, f"bench-{time.monotonic_ns()}", address)
+            print(f"   Dask stage on 2 one-thread workers, {label}: {n / seconds:.1f} clips/s "
+                  f"(ratio {n / seconds / bare:.2f})")
+        sharded.BATCHED_STAGES.update(batched)
+
+
+def main() -> None:
+    args = parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="decar-bench-train-"))
+    parts = set(args.parts.split(","))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
+    if parts & {"train", "loader", "ddp"}:
+        store = make_store(work / "train.zarr", args.clips, 10.0)
+    if "train" in parts:
+        part_train(args, store)
+    if "loader" in parts:
+        part_loader(args, store)
+    if "ddp" in parts:
+        part_ddp(args, store)
+    if "extract" in parts:
+        part_extract(args, work)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other processes share these cores)")
+
+
+if __name__ == "__main__":
+    main()
