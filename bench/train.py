@@ -47,6 +47,8 @@ def parse_args():
     p.add_argument("--extract-shard-size", type=int, default=256, help="embed_shard_size (the flow's default)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training parts (2 threads on this "
                    "shared, loaded 2-core machine ran ~8x slower than 1: OpenMP threads spin against other work)")
+    p.add_argument("--launcher-threads", action="store_true", help="part 3 also with 1 process on the launcher's "
+                   "default threads (cores / processes)")
     p.add_argument("--workdir", default=None, help="default: a temporary folder")
     return p.parse_args()
 
@@ -202,6 +204,8 @@ def ddp_rank(job: dict, rank: int, world: int, device, report=None) -> dict:
     from model.decar import train_on_pseudo_labels
     from storage.features import ClipLoader
 
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])  # else the launcher's cores / processes
     net = network(job["width"])
     marks = {}
     started = time.perf_counter()
@@ -225,14 +229,16 @@ def part_ddp(args, store: str) -> None:
     print(f"\n3. 1 vs 2 training processes (gloo, tasks.launch.run_processes), global batch {args.batch_size}, "
           f"{args.draws} draws")
     results = {}
-    for world in (1, 2):
+    for world, threads in ((1, 1), (2, 1), (1, None)):
+        if threads is None and not args.launcher_threads:
+            continue  # the launcher's default for 1 process: every core
         started = time.perf_counter()
-        r = run_processes(ddp_rank, job, ["cpu"] * world)
-        results[world] = r
+        r = run_processes(ddp_rank, {**job, "threads": threads}, ["cpu"] * world)
+        results.setdefault(world, r)
         print(f"   {world} process(es) x {r['threads']} threads: {r['steady']:.1f} clips/s after step 1, "
               f"{r['whole']:.1f} clips/s in train_on_pseudo_labels, {time.perf_counter() - started:.1f} s with "
               f"spawn; epoch loss {r['loss']:.4f} over {r['steps']} steps")
-    print(f"   2/1 processes: speed {results[2]['steady'] / results[1]['steady']:.2f}x, "
+    print(f"   2 processes over 1 (1 thread each): speed {results[2]['steady'] / results[1]['steady']:.2f}x, "
           f"loss difference {results[2]['loss'] - results[1]['loss']:+.4f}")
 
 
@@ -270,17 +276,16 @@ def extraction(args, work: Path) -> None:
                            "norm": {"mean": reader.mean, "std": reader.std}, **net.state(), "clusters": 0}, "bench")
     sha = read_record(ckpt)["sha256"]
 
-    sample = min(n, 512)  # the bare rate on a sample of the clips (same shapes)
+    sample = min(n, 512)  # the in-process bare rate on a sample of the clips (same shapes)
     widths = [int(reader.lengths[a:a + batch].max()) for a in range(0, sample, batch)]
     bares = {}
-    for threads in (1, os.cpu_count() or 1):  # the faster way to use the machine is the reference
+    for threads in (1, os.cpu_count() or 1):
         torch.set_num_threads(threads)
         started = time.perf_counter()
         with torch.no_grad():
             for a, width in zip(range(0, sample, batch), widths):
                 net.embed(torch.randn(min(batch, sample - a), 1, 64, width))
         bares[threads] = sample / (time.perf_counter() - started)
-    bare = max(bares.values())
 
     @flow(name="bench-extraction")
     def stage(out: str, key: str, address: str) -> float:
@@ -295,20 +300,50 @@ def extraction(args, work: Path) -> None:
             return time.perf_counter() - began
 
     print(f"\n4. extraction, {n} clips of {args.extract_seconds:g} s, EfficientNet-B0, batch {batch}, "
-          f"embed_shard_size {size} ({len(range(0, n, size))} shards); bare forward "
-          + ", ".join(f"{v:.1f} clips/s on {t} thread(s)" for t, v in bares.items()) + f" -> reference {bare:.1f}")
+          f"embed_shard_size {size} ({len(range(0, n, size))} shards); bare forward in this process "
+          + ", ".join(f"{v:.1f} clips/s on {t} thread(s)" for t, v in bares.items()))
+    print("   reference: a bare forward of the same shapes (up to 1,000 clips) on the same 2 Dask workers (random "
+          "tensors, no Prefect, no I/O), measured before and after the stage runs (mean of the two)")
     with local_cluster(2) as address:
+        bare_before = bare_on_workers(address, min(n, 1000), widths, batch)
         batched = set(sharded.BATCHED_STAGES)
-        for label, per_batch in (("first use, task per worker batch", True), ("task per shard (before)", False),
-                                 ("task per worker batch (now)", True)):
+        rates = {}
+        for label, per_batch in (("first stage run (model load), task per worker batch", True),
+                                 ("task per shard (before)", False), ("task per worker batch (now)", True)):
             sharded.BATCHED_STAGES.clear()
             if per_batch:
                 sharded.BATCHED_STAGES.update(batched)
             out = str(work / f"emb-{label[:12].replace(' ', '-')}-{time.monotonic_ns()}.zarr")
-            seconds = stage(out, f"bench-{time.monotonic_ns()}", address)
-            print(f"   Dask stage on 2 one-thread workers, {label}: {n / seconds:.1f} clips/s "
-                  f"(ratio {n / seconds / bare:.2f})")
+            rates[label] = n / stage(out, f"bench-{time.monotonic_ns()}", address)
         sharded.BATCHED_STAGES.update(batched)
+        bare_after = bare_on_workers(address, min(n, 1000), widths, batch)
+    bare = (bare_before + bare_after) / 2
+    print(f"   bare forward on the 2 workers: {bare_before:.1f} clips/s before, {bare_after:.1f} after")
+    for label, rate in rates.items():
+        print(f"   Dask stage on 2 one-thread workers, {label}: {rate:.1f} clips/s (ratio {rate / bare:.2f})")
+
+
+def bare_on_workers(address: str, n: int, widths: list[int], batch: int) -> float:
+    """Clips/s of a bare forward of n clips split over the cluster's workers, run at the same time."""
+    from distributed import Client
+
+    def forward(clips: int) -> float:
+        import torch
+
+        torch.set_num_threads(1)
+        net = network(1.0).eval()
+        with torch.no_grad():
+            net.embed(torch.randn(2, 1, 64, widths[0]))  # warm-up
+            started = time.perf_counter()
+            for i, a in enumerate(range(0, clips, batch)):
+                net.embed(torch.randn(min(batch, clips - a), 1, 64, widths[i % len(widths)]))
+        return time.perf_counter() - started
+
+    with Client(address) as client:
+        workers = list(client.scheduler_info()["workers"])
+        share = n // len(workers)
+        futures = [client.submit(forward, share, workers=[w], pure=False) for w in workers]
+        return share * len(workers) / max(client.gather(futures))
 
 
 def main() -> None:
