@@ -100,3 +100,15 @@ def test_dask_workers_share_the_flow_process_api_without_prefect_api_url(tmp_pat
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=180)
     assert done.stdout.split()[-2:] == ["True", "1"], done.stdout + done.stderr
+
+
+@pytest.mark.integration
+def test_demo_from_the_command_line(tmp_path, subprocess_env):
+    """`decar demo`, small: its own Prefect server on a free port, every stage, the outputs printed."""
+    env = {k: v for k, v in subprocess_env.items() if k != "PREFECT_API_URL"}
+    out = decar(["demo", "--clips", "40", "--seconds", "1", "--epochs", "1", "--clusters", "4", "--skip-benchmark",
+                 "--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"),
+                 "--prefect-home", str(tmp_path / "prefect")], env, timeout=560).stdout
+    assert "Demo finished" in out and "pre-training run" in out, out
+    assert (tmp_path / "runs" / "demo" / "epoch-000" / "checkpoint.pt").exists()
+    assert (tmp_path / "runs" / "demo" / "plots" / "loss-nmi.png").exists()
