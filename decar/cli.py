@@ -86,17 +86,18 @@ flow_command("benchmark", "flows.benchmark", "benchmark_downstream", "results")
 
 
 @app.command()
-def demo(clips: int = typer.Option(300, help="clips in the generated pool"),
-         seconds: float = typer.Option(2.0, help="length of each clip"),
-         epochs: int = typer.Option(3, help="pre-training epochs"),
-         clusters: int = typer.Option(16, help="k of k-means"),
+def demo(clips: int | None = typer.Option(None, help="clips in the generated pool [default: the demo's]"),
+         seconds: float | None = typer.Option(None, help="length of each clip [default: the demo's]"),
+         epochs: int | None = typer.Option(None, help="pre-training epochs [default: the demo's]"),
+         clusters: int | None = typer.Option(None, help="k of k-means [default: the demo's]"),
          data_dir: str = typer.Option("data", help="where the pool, features and task data go"),
          runs_dir: str = typer.Option("runs", help="where the run goes"),
          prefect_home: str = typer.Option(".prefect", help="the Prefect database (then `decar ui`)"),
          skip_benchmark: bool = typer.Option(False, help="stop after pre-training")) -> None:
     """The whole pipeline on generated audio (what `make demo` runs), on a local Prefect server."""
-    argv = ["--clips", str(clips), "--seconds", str(seconds), "--epochs", str(epochs), "--clusters", str(clusters),
-            "--data-dir", data_dir, "--runs-dir", runs_dir, "--prefect-home", prefect_home]
+    given = {"--clips": clips, "--seconds": seconds, "--epochs": epochs, "--clusters": clusters}
+    argv = [a for flag, value in given.items() if value is not None for a in (flag, str(value))]
+    argv += ["--data-dir", data_dir, "--runs-dir", runs_dir, "--prefect-home", prefect_home]
     # A fresh interpreter: the demo sets PREFECT_API_URL to its server before Prefect is imported, and
     # Prefect reads its settings once, at import (this process has imported it to read the flows).
     sys.stdout.flush()
