@@ -22,7 +22,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=300, help="clips in the generated pool")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each clip")
-    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--clusters", type=int, default=32)
     p.add_argument("--data-dir", default="data")
     p.add_argument("--runs-dir", default="runs")
