@@ -260,7 +260,7 @@ def decar_run(args, seed: int, pool_t, tasks: dict, log) -> dict:
     def run_eval(label: str, network) -> None:
         started = time.perf_counter()
         for pooling in poolings:
-            scores = evaluate(lambda x: represent(network, x, pooling), tasks, args.probe_epochs)
+            scores = evaluate(lambda x, p=pooling: represent(network, x, p), tasks, args.probe_epochs)
             result["evals"][f"{label}|{pooling}"] = scores
         log(f"  seed {seed} eval {label}: " + ", ".join(
             f"{t} {result['evals'][f'{label}|{p}'][t]['accuracy']:.3f}{'' if p == 'max' else '(mm)'}"
@@ -325,7 +325,7 @@ def decar_run(args, seed: int, pool_t, tasks: dict, log) -> dict:
                    for rows in torch.from_numpy(order[: steps_per_epoch * args.batch]).split(args.batch))
         running = []
 
-        def on_step(step: int, mean_loss: float) -> None:
+        def on_step(step: int, mean_loss: float, running=running, epoch=epoch, optimisers=optimisers) -> None:
             running.append(mean_loss)
             if args.schedule == "cosine":  # body lr over all steps of the run
                 done = epoch * steps_per_epoch + step
