@@ -120,24 +120,32 @@ class ClipLoader:
     """Normalised log-mel of the i-th of `rows` (default: the usable clips), as training reads them.
 
     preload: True copies the whole float16 log-mel array into RAM on first use (then clips are
-    sliced from memory, no Zarr reads), False never, None when it fits `preload_budget()`.
+    sliced from memory, no Zarr reads), False never, None (automatic) when it fits
+    `preload_budget()` and this loader has read an eighth of the store's clip count one by one
+    (a training epoch: yes; the batch-norm sample of a large store: no, it reads a few hundred).
     Picklable: DataLoader workers get the path and open the store themselves on first use (a Zarr
     handle must not cross a process boundary)."""
 
     def __init__(self, store: str | Path, rows: np.ndarray | None = None, preload: bool | None = None):
         self.store, self.rows, self._reader = str(store), None if rows is None else np.asarray(rows), None
-        self.preload, self._memory = preload, None
+        self.preload, self._memory, self._fits, self._reads = preload, None, False, 0
 
     def _open(self) -> FeatureReader:
         if self._reader is None:
             self._reader = FeatureReader(self.store)
             if self.rows is None:
                 self.rows = self._reader.usable
-            nbytes = int(np.prod(self._reader.logmel.shape)) * self._reader.logmel.dtype.itemsize
-            if self.preload or (self.preload is None and nbytes <= preload_budget()):
-                self._memory = np.asarray(self._reader.logmel[:])
-                logger.info("feature store %s held in RAM (%.1f MB of float16 log-mel)", self.store, nbytes / 1e6)
+            self._fits = self.preload is None and self._nbytes() <= preload_budget()
+            if self.preload:
+                self._load()
         return self._reader
+
+    def _nbytes(self) -> int:
+        return int(np.prod(self._reader.logmel.shape)) * self._reader.logmel.dtype.itemsize
+
+    def _load(self) -> None:
+        self._memory = np.asarray(self._reader.logmel[:])
+        logger.info("feature store %s held in RAM (%.1f MB of float16 log-mel)", self.store, self._nbytes() / 1e6)
 
     @property
     def in_memory(self) -> bool:
@@ -151,6 +159,10 @@ class ClipLoader:
     def __call__(self, i: int) -> np.ndarray:
         reader = self._open()
         row = int(self.rows[i])
+        if self._memory is None and self._fits:
+            self._reads += 1
+            if self._reads > len(reader.lengths) // 8:
+                self._load()
         if self._memory is not None:
             clip = self._memory[row, :, :int(reader.lengths[row])].astype(np.float32)
         else:

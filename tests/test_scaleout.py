@@ -33,9 +33,14 @@ def test_preloaded_clips_equal_zarr_reads(tmp_path, monkeypatch):
     assert copy._memory is None and copy.in_memory
     np.testing.assert_array_equal(copy(3), from_zarr(3))
     monkeypatch.setenv("DECAR_PRELOAD_BYTES", "100")  # automatic: only below the budget
-    assert not ClipLoader(store).in_memory
-    monkeypatch.setenv("DECAR_PRELOAD_BYTES", "1e6")
-    assert ClipLoader(store).in_memory
+    auto = ClipLoader(store)
+    assert [auto(i).shape for i in range(9)] and not auto.in_memory
+    monkeypatch.setenv("DECAR_PRELOAD_BYTES", "1e6")  # and once an eighth of the clips were read
+    auto = ClipLoader(store)
+    np.testing.assert_array_equal(auto(0), from_zarr(0))
+    assert not auto.in_memory
+    np.testing.assert_array_equal(auto(5), from_zarr(5))
+    assert auto.in_memory
 
 
 def test_worker_batches_cover_the_pending_shards_once():
