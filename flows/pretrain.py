@@ -74,16 +74,17 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
         force_config: continue an existing run with a changed config.
     """
     logger = get_run_logger()
-    reader = validate(features, run_name, epochs, patience, clusters, algorithm, device, processes, loader_workers)
+    # plain parameters, then the configs' own constraints (pydantic names the field), then the store
+    validate(run_name, epochs, patience, algorithm, device, processes, loader_workers)
+    model = ModelConfig(**{"width_mult": width_mult, **(model_options or {})})
+    cluster_config = ClusterConfig(**{"algorithm": algorithm, "clusters": clusters,
+                                      "allow_degenerate": allow_degenerate, **(cluster_options or {})})
+    train = TrainConfig(**{"batch_size": batch_size, "lr": lr, "crop_frames": crop_frames,
+                           "samples_per_epoch": samples_per_epoch, "bn_clips": bn_clips, **(train_options or {})})
+    reader = open_store(features, clusters, algorithm)
     run = RunLayout(Path(runs_dir) / run_name)
-    config = RunConfig(
-        features=str(Path(features).resolve()), feature_key=reader.attrs["feature_key"],
-        model=ModelConfig(**{"width_mult": width_mult, **(model_options or {})}),
-        cluster=ClusterConfig(**{"algorithm": algorithm, "clusters": clusters, "allow_degenerate": allow_degenerate,
-                                 **(cluster_options or {})}),
-        train=TrainConfig(**{"batch_size": batch_size, "lr": lr, "crop_frames": crop_frames,
-                             "samples_per_epoch": samples_per_epoch, "bn_clips": bn_clips, **(train_options or {})}),
-        seed=seed, embed_shard_size=embed_shard_size)
+    config = RunConfig(features=str(Path(features).resolve()), feature_key=reader.attrs["feature_key"], model=model,
+                       cluster=cluster_config, train=train, seed=seed, embed_shard_size=embed_shard_size)
     with DirectoryLock(run.root), ExitStack() as stack:
         config = freeze_run_config(run, config, force_config)
         previous = str(run.initial_checkpoint())
@@ -107,8 +108,8 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
     return str(run.root)
 
 
-def validate(features: str, run_name: str, epochs: int, patience: int, clusters: int, algorithm: str,
-             device: str, processes: int | None, loader_workers: int) -> FeatureReader:
+def validate(run_name: str, epochs: int, patience: int, algorithm: str, device: str, processes: int | None,
+             loader_workers: int) -> None:
     """Fail before any work, naming the parameter (the configs' own constraints are checked by pydantic)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run_name or ""):
         raise ValueError(f"run_name must be letters, digits, '.', '_' or '-', got {run_name!r}")
@@ -125,6 +126,10 @@ def validate(features: str, run_name: str, epochs: int, patience: int, clusters:
     if processes is not None and processes < 1 or loader_workers < 0:
         raise ValueError(f"processes must be >= 1 and loader_workers >= 0, got {processes}, {loader_workers}")
     training_devices(device, processes)  # e.g. more processes than listed GPUs
+
+
+def open_store(features: str, clusters: int, algorithm: str) -> FeatureReader:
+    """The feature store, if it is complete and has enough clips for k-means' k."""
     if not Path(features).is_dir() or read_record(features) is None:
         raise FileNotFoundError(f"features: no complete feature store at {features!r} "
                                 "(run cache-features first; it prints the store's path)")

@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from storage.atomic import remove
-from storage.sharded import write_shard_record
+from storage.sharded import verify_rows, write_shard_record
 
 OK_STATUS, FAILED_STATUS = 0, 1
 logger = logging.getLogger(__name__)
@@ -144,7 +144,11 @@ class ClipLoader:
         return int(np.prod(self._reader.logmel.shape)) * self._reader.logmel.dtype.itemsize
 
     def _load(self) -> None:
-        self._memory = np.asarray(self._reader.logmel[:])
+        try:
+            self._memory = np.asarray(self._reader.logmel[:])
+        except ValueError:  # zarr's own shard checksum: name the damaged file and its record instead
+            verify_rows(self.store, 0, len(self._reader.lengths))
+            raise
         logger.info("feature store %s held in RAM (%.1f MB of float16 log-mel)", self.store, self._nbytes() / 1e6)
 
     @property
@@ -166,7 +170,11 @@ class ClipLoader:
         if self._memory is not None:
             clip = self._memory[row, :, :int(reader.lengths[row])].astype(np.float32)
         else:
-            clip = reader.get(row)
+            try:
+                clip = reader.get(row)
+            except ValueError:  # zarr's own shard checksum: name the damaged file and its record instead
+                verify_rows(self.store, row, row + 1)
+                raise
         return (clip - reader.mean) / reader.std
 
     def __getstate__(self) -> dict:
