@@ -59,14 +59,10 @@ def make_clips(data: Path, clips: int, seconds: float, rate: int = 16000) -> Pat
 def main() -> None:
     args = parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="decar-bench-features-"))
-    from demo.prefect_server import start_local_server, stop_process
+    from demo.prefect_server import local_prefect_api
 
-    server, api_url = start_local_server(work / "prefect")
-    os.environ.update(PREFECT_API_URL=api_url, PREFECT_HOME=str(work / "prefect"))
-    try:
+    with local_prefect_api(work / "prefect"):
         run(args, work)
-    finally:
-        stop_process(server)
 
 
 def run(args, work: Path) -> None:

@@ -243,14 +243,10 @@ def part_ddp(args, store: str) -> None:
 
 
 def part_extract(args, work: Path) -> None:
-    from demo.prefect_server import start_local_server, stop_process
+    from demo.prefect_server import local_prefect_api
 
-    server, api_url = start_local_server(work / "prefect")
-    os.environ.update(PREFECT_API_URL=api_url, PREFECT_HOME=str(work / "prefect"))
-    try:
+    with local_prefect_api(work / "prefect"):
         extraction(args, work)
-    finally:
-        stop_process(server)
 
 
 def extraction(args, work: Path) -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -104,3 +105,16 @@ def serve_ui(home: str | Path, port: int = 4200) -> None:
         pass
     finally:
         stop_process(process)
+
+
+@contextmanager
+def local_prefect_api(home: Path):
+    """A local Prefect server for this process, its Dask workers and its children: PREFECT_API_URL
+    and PREFECT_HOME are set (before Prefect is imported, as Prefect reads them at import) and the
+    server is stopped on exit. Used by the benchmark scripts."""
+    server, api_url = start_local_server(home)
+    os.environ.update(PREFECT_API_URL=api_url, PREFECT_HOME=str(home))
+    try:
+        yield api_url
+    finally:
+        stop_process(server)
