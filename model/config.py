@@ -111,3 +111,44 @@ class RunConfig(_Config):
         """What a resumed run must agree on (overrides are the run's own history, not its identity;
         the store is identified by feature_key, not by where it lies)."""
         return self.model_dump(exclude={"cluster_overrides", "features"})
+
+
+class InstanceConfig(_Config):
+    """DeLoRes-S, DeLoRes-M and SLICER (METHODS.md): two augmented views of each clip, one loss.
+
+    Defaults are the papers' where this project can follow them; the optimiser is AdamW with a
+    constant learning rate instead of the paper-era LARS with warm-up and cosine decay (documented
+    in the README)."""
+
+    method: Literal["delores-s", "delores-m", "slicer"]
+    encoder: Literal["byola", "efficientnet"] = Field(
+        "byola", description="byola: three conv3x3(64)-BN-ReLU-maxpool2 blocks, then Linear 512->d-ReLU-Dropout "
+        "0.3-Linear d->d-ReLU, embedding = max + mean over time (the methods' default); efficientnet: "
+        "EfficientNet-B0 (DECAR's), embedding = max + mean over time of the last map pooled over frequency")
+    encoder_dim: int = Field(2048, gt=0, description="byola: d, the width of its MLP and of its embedding")
+    width_mult: float = Field(1.0, gt=0, description="efficientnet only: its width multiplier")
+    clip_norm: bool = Field(False, description="remove each clip's mean log-mel (its loudness) at the input")
+    # views
+    crop_frames: int = Field(96, ge=8, description="each view is a random crop of this many frames (~0.95 s)")
+    mixup_alpha: float = Field(0.4, ge=0, description="mix ratio = alpha * U(0, 1), log-domain (0: no mixup)")
+    bank_size: int = Field(2048, ge=1, description="past inputs kept for mixup / k-mix partners")
+    rrc_scale: tuple[float, float] = Field((0.6, 1.5), description="random resized crop: freq and time scale range")
+    # heads and losses
+    projector_dim: int = Field(2048, gt=0, description="Barlow Twins projector width (3 layers)")
+    barlow_lambda: float = Field(0.0051, ge=0, description="weight of the off-diagonal terms")
+    ema: float = Field(0.999, ge=0, lt=1, description="momentum teacher: teacher = ema * teacher + (1 - ema) * student")
+    queue_size: int = Field(4096, ge=1, description="negatives kept for the instance loss (MoCo)")
+    instance_dim: int = Field(128, gt=0)
+    temperature: float = Field(0.07, gt=0, description="instance loss temperature")
+    cluster_heads: int = Field(128, ge=2, description="SLICER: K of the cluster head")
+    cluster_temperature: float = Field(1.0, gt=0, description="SLICER: cluster-level NT-Xent temperature")
+    kmix_clusters: int = Field(4, ge=2, description="SLICER k-mix: spherical k-means clusters of clip means")
+    kmix_partner: Literal["farthest", "other"] = Field(
+        "farthest", description="SLICER k-mix partner: from the farthest non-empty cluster (reference code) or "
+        "from any other cluster (the paper's text)")
+    kmix_sample: int = Field(1000, ge=2, description="SLICER k-mix: clips whose time-averaged log-mel fit the centroids")
+    # optimisation
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-6, ge=0)
+    samples_per_epoch: int | None = Field(None, ge=1, description="clips per epoch; None = number of clips")
