@@ -10,7 +10,9 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 from flows.benchmark import benchmark_downstream  # noqa: E402
 from flows.download import download_audioset  # noqa: E402
 from flows.features import cache_features  # noqa: E402
+from flows.instance import pretrain_delores_m, pretrain_delores_s, pretrain_slicer  # noqa: E402
 from flows.pretrain import pretrain_decar  # noqa: E402
 from flows.recluster import recluster  # noqa: E402
 
-__all__ = ["download_audioset", "benchmark_downstream", "cache_features", "pretrain_decar", "recluster"]
+__all__ = ["download_audioset", "benchmark_downstream", "cache_features", "pretrain_decar", "pretrain_delores_s",
+           "pretrain_delores_m", "pretrain_slicer", "recluster"]

@@ -167,6 +167,28 @@ def _round(value: float | None, digits: int = 4):
     return None if value is None else round(value, digits)
 
 
+# ---------------------------------------------------------------- pretrain-delores-s, -delores-m, -slicer
+
+def publish_instance_epoch(run_root: Path, method: str, run_name: str, history: list[dict]) -> None:
+    """The per-epoch table and curves of an instance-method run, updated in place each epoch."""
+    rows = [{"epoch": m["epoch"], "loss": round(m["loss"], 4), **{k: round(v, 4) for k, v in m["terms"].items()},
+             "spread": float(f"{m['health']['relative_spread']:.3g}"),
+             "effective_rank": round(m["health"]["effective_rank"], 1),
+             "distinct_rows": m["health"]["distinct_rows"], "train_s": seconds(m["seconds"]["train"])}
+            for m in history]
+    publish_living("table", rows, key=f"{method}-{slug(run_name)}-epochs",
+                   description=f"pretrain-{method} {run_name}: one row per epoch")
+    figure = plots.instance_curves(history)
+    save_plots(Path(run_root) / "plots", {"loss-health": figure})
+    publish_living("markdown", "\n\n".join([
+        f"# pretrain-{method} `{run_name}`: {len(history)} epoch{'s' * (len(history) > 1)}",
+        "## Loss and representation health", image("loss and health per epoch", figure),
+        "Spread and effective rank are those of the encoder's embeddings of the run's fixed sample of "
+        "256 clips: a collapsing method shows them falling.",
+        f"PNG files: `{Path(run_root) / 'plots'}`"]) + "\n", key=f"{method}-{slug(run_name)}-plots",
+        description=f"pretrain-{method} {run_name}: curves per epoch")
+
+
 # ---------------------------------------------------------------- benchmark-downstream
 
 def publish_benchmark(rows: list[dict], name: str, paper: dict[str, dict | None], results: Path,

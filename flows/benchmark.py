@@ -25,8 +25,6 @@ from flows.artifacts import publish_benchmark, slug
 from flows.features import cache_features
 from flows.runners import OnDemandCluster
 from flows.sharded import fill_shards
-from model.config import ModelConfig
-from model.network import Encoder
 from storage.checkpoint import load_checkpoint
 from storage.embeddings import create_embeddings
 from storage.features import FeatureReader
@@ -34,7 +32,7 @@ from storage.layout import RunLayout
 from storage.manifest import ok_rows, read_manifest
 from storage.records import file_sha256, is_complete, read_record, stable_key
 from tasks.caching import run_stage
-from tasks.embed import MODELS, NETWORKS, embed_shard, finish_embeddings
+from tasks.embed import MODELS, NETWORKS, embed_shard, finish_embeddings, network_config, representation_dim
 from tasks.probe import SPLITS, evaluate_task, prepare_task, write_scores
 
 MODES = ("frozen", "finetune")
@@ -111,15 +109,15 @@ def validate(checkpoint: str, tasks: list[str], modes: list[str], epochs: int, b
 def embedding_keys(sha256: str, payload: dict, feature_key: str, seed: int) -> dict[str, str]:
     """Each model's embedding identity: what it is computed from, never paths or run names."""
     return {"decar": stable_key(KEY_VERSION, "decar", sha256, feature_key),
-            "random-init": stable_key(KEY_VERSION, "random-init", payload["model_config"], payload["norm"], seed,
+            "random-init": stable_key(KEY_VERSION, "random-init", network_config(payload), payload["norm"], seed,
                                       feature_key),
-            "random-init-bn": stable_key(KEY_VERSION, "random-init-bn", payload["model_config"], payload["norm"],
+            "random-init-bn": stable_key(KEY_VERSION, "random-init-bn", network_config(payload), payload["norm"],
                                          seed, feature_key),
             "logmel-stats": stable_key(KEY_VERSION, "logmel-stats", feature_key)}
 
 
 def ensure_embeddings(paths: dict[str, Path], keys: dict[str, str], features: str, checkpoint: str, sha256: str,
-                      model_config: ModelConfig, seed: int, batch_size: int, device: str,
+                      represent_dim: int, seed: int, batch_size: int, device: str,
                       cluster: OnDemandCluster) -> None:
     """Extract whatever frozen embeddings are missing (one sharded stage per model), then record them."""
     reader = FeatureReader(features)
@@ -127,7 +125,7 @@ def ensure_embeddings(paths: dict[str, Path], keys: dict[str, str], features: st
     for model, path in paths.items():
         shards = len(range(0, len(reader), SHARD_SIZE))
         if not is_complete(path, keys[model]):
-            dim = dims.get(model) or Encoder(model_config.width_mult).out_dim
+            dim = dims.get(model) or represent_dim
             shards = fill_shards(
                 embed_shard.name, path, keys[model], len(reader), SHARD_SIZE,
                 create=lambda p=path, d=dim, k=keys[model]: create_embeddings(p, len(reader), d, SHARD_SIZE, k),
@@ -209,7 +207,7 @@ def benchmark_downstream(checkpoint: str, tasks: list[str], modes: list[str] = [
                 output = out_dir / name / f"{file_label(task_name, manifest)}-{mode}.parquet"
                 if mode == "frozen" and not is_complete(output, key):
                     ensure_embeddings(paths, keys, features, str(path), sha256,
-                                      ModelConfig(**payload["model_config"]), seed, batch_size, device, cluster)
+                                      representation_dim(payload), seed, batch_size, device, cluster)
                 rows += run_stage(evaluate_task, key, task=task_name, mode=mode, manifest=manifest,
                                   features=features, embeddings={m: str(p) for m, p in paths.items()},
                                   checkpoint=str(path), checkpoint_sha256=sha256, config=config, seed=seed,

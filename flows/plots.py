@@ -87,6 +87,27 @@ def health(history: list[dict]) -> bytes:
     return png(fig)
 
 
+def instance_curves(history: list[dict]) -> bytes:
+    """An instance method's loss (and its terms), embedding spread and effective rank per epoch."""
+    epochs = [m["epoch"] for m in history]
+    fig, axes = plt.subplots(1, 3, figsize=(9.0, 2.6))
+    axes[0].plot(epochs, [m["loss"] for m in history], "o-", color=COLORS["loss"], lw=2, label="loss")
+    for name in history[-1]["terms"]:
+        axes[0].plot(epochs, [m["terms"].get(name, np.nan) for m in history], ".--", lw=1, label=name)
+    axes[0].legend(fontsize=7)
+    series = [("training loss", None), ("embedding spread", "relative_spread"), ("effective rank", "effective_rank")]
+    for ax, (title, key) in zip(axes, series):
+        if key:
+            ax.plot(epochs, [m["health"][key] for m in history], "o-", color=COLORS["loss"])
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return png(fig)
+
+
 def benchmark_bars(rows: list[dict], models: tuple[str, ...], paper: dict[tuple[str, str, str], float]) -> bytes:
     """Test accuracy per task (and mode) for every model side by side; the paper's numbers as markers."""
     groups = list(dict.fromkeys((r["task"], r["mode"]) for r in rows))

@@ -38,7 +38,7 @@ def freeze_run_config(run: RunLayout, config: RunConfig, force: bool = False) ->
             details = "; ".join(f"{k}: run has {old.get(k)!r}, asked {new.get(k)!r}" for k in changed)
             raise ConfigMismatch(f"run {run.root} was started with another config ({details}). "
                                  "Use another run_name, or force_config=True to continue with the new one.")
-        if not changed:
+        if not changed and "cluster_overrides" in type(config).model_fields:
             config = config.model_copy(update={"cluster_overrides": stored.get("cluster_overrides", {})})
     write_run_config(run, config)
     return config

@@ -146,9 +146,22 @@ class InstanceConfig(_Config):
     kmix_partner: Literal["farthest", "other"] = Field(
         "farthest", description="SLICER k-mix partner: from the farthest non-empty cluster (reference code) or "
         "from any other cluster (the paper's text)")
-    kmix_sample: int = Field(1000, ge=2, description="SLICER k-mix: clips whose time-averaged log-mel fit the centroids")
+    kmix_sample: int = Field(1000, ge=2, description="SLICER k-mix: clips whose time-averaged log-mel fit the "
+                             "centroids")
     # optimisation
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(1e-6, ge=0)
     samples_per_epoch: int | None = Field(None, ge=1, description="clips per epoch; None = number of clips")
+
+
+class InstanceRunConfig(_Config):
+    """run.json of an instance-method run (pretrain-delores-s, -delores-m, -slicer)."""
+
+    features: str = Field(description="where the feature store was last found (not part of the identity)")
+    feature_key: str = Field(description="the feature store's content key: what identifies the store")
+    method: InstanceConfig
+    seed: int = 0
+
+    def identity(self) -> dict:
+        return self.model_dump(mode="json", exclude={"features"})

@@ -10,8 +10,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from model.config import ModelConfig
+from model.config import InstanceConfig, ModelConfig
 from model.decar import batchnorm_sample, embed, precise_batchnorm
+from model.instance import InstanceNet
 from model.network import DecarNet
 from model.probe import logmel_statistics
 from model.runtime import resolve_device, set_threads
@@ -32,24 +33,44 @@ BN_CLIPS = 256  # clips of the task's store for random-init-bn's statistics
 
 
 def load_network(checkpoint: str, device: torch.device, model: str = "decar", seed: int = 0,
-                 features: str | None = None) -> tuple[DecarNet, float, float]:
-    """The checkpoint's network ("decar"), or a seeded fresh one of the same ModelConfig
-    ("random-init"; "random-init-bn" with batch-norm statistics recomputed on a seeded sample of
-    `features`), with the checkpoint's log-mel normalisation (all see the same inputs)."""
+                 features: str | None = None) -> tuple[DecarNet | InstanceNet, float, float]:
+    """The checkpoint's network ("decar": whatever method built it, DECAR or an instance method,
+    as the checkpoint says), or a seeded fresh one of the same kind and config ("random-init";
+    "random-init-bn" with batch-norm statistics recomputed on a seeded sample of `features`), with
+    the checkpoint's log-mel normalisation (all see the same inputs)."""
     payload = load_checkpoint(checkpoint)
     mean, std = float(payload["norm"]["mean"]), float(payload["norm"]["std"])
     if model in ("random-init", "random-init-bn"):
-        net = DecarNet.random_init(ModelConfig(**payload["model_config"]), seed).to(device).eval()
+        net = random_network(payload, seed).to(device).eval()
         if model == "random-init-bn":
             reader = FeatureReader(features)
             rows = reader.usable
             precise_batchnorm(net, lambda i: (reader.get(int(rows[i])) - mean) / std,
                               batchnorm_sample(seed, len(rows), BN_CLIPS), 32, device)
     elif model == "decar":
-        net = DecarNet.from_checkpoint(payload, device)
+        net = InstanceNet.from_checkpoint(payload, device) if "method" in payload else \
+            DecarNet.from_checkpoint(payload, device)
     else:
         raise ValueError(f"model {model!r} has no network; networks: decar, random-init, random-init-bn")
     return net, mean, std
+
+
+def random_network(payload: dict, seed: int) -> DecarNet | InstanceNet:
+    """A seeded fresh network of the checkpoint's kind and config (DECAR's, or an instance method's encoder)."""
+    if "method" in payload:
+        return InstanceNet.random_init(InstanceConfig(**payload["instance_config"]), seed,
+                                       int(payload["feature_config"]["n_mels"]))
+    return DecarNet.random_init(ModelConfig(**payload["model_config"]), seed)
+
+
+def network_config(payload: dict) -> dict:
+    """What a checkpoint's network is built from (part of the random-init baselines' identity)."""
+    return payload["instance_config"] if "method" in payload else payload["model_config"]
+
+
+def representation_dim(payload: dict) -> int:
+    """Dimensions of the representation h the benchmark probes for this checkpoint's network."""
+    return random_network(payload, 0).encoder.out_dim
 
 
 @lru_cache(maxsize=2)
