@@ -77,6 +77,11 @@ def parse_args(argv=None):
     a("--pooling", choices=["max", "meanmax", "both"], default="both",
       help="frozen representation: global max over the last map (paper) and/or mean+max over time")
     a("--probe-epochs", type=int, default=200)
+    a("--method", choices=["decar", "delores-s", "delores-m", "slicer"], default="decar",
+      help="the pre-training method; the instance methods use --lr as AdamW's, their own views and "
+           "losses (model/instance.py) and --instance-options")
+    a("--instance-options", default="{}", help="JSON of InstanceConfig settings for the instance methods, "
+      'e.g. \'{"encoder_dim": 512, "bank_size": 1024}\'')
     a("--task-scale", type=float, default=1.0)
     a("--task-seconds", type=float, default=1.5)
     a("--tasks", nargs="*", default=None, help="default: every generated task")
@@ -348,6 +353,63 @@ def decar_run(args, seed: int, pool_t, tasks: dict, log) -> dict:
     return result
 
 
+# =============================================================================== instance methods
+# DeLoRes-S, DeLoRes-M, SLICER: the pipeline's epoch (model/instance.py) on the pool held in memory.
+
+def instance_run(args, seed: int, pool_t, tasks: dict, log) -> dict:
+    import copy
+
+    import torch
+
+    from model.config import InstanceConfig
+    from model.instance import InstanceNet, epoch_order, fit_kmix, make_optimiser, new_bank, train_instance_epoch
+    from model.instance_methods import build_method
+
+    cfg = InstanceConfig(**{"method": args.method, "batch_size": args.batch, "lr": args.lr,
+                            "samples_per_epoch": int(round(args.draws * len(pool_t))),
+                            **json.loads(args.instance_options)})
+    eval_epochs = sorted(set(args.eval_epochs if args.eval_epochs is not None
+                             else [0, args.epochs // 2, args.epochs]))
+    n_mels, device = pool_t.shape[1], torch.device("cpu")
+    load_clip = lambda i: pool_t[i].numpy()  # noqa: E731
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        method = build_method(cfg, n_mels)
+    optimiser, bank = make_optimiser(method, cfg), new_bank(cfg, n_mels)
+    kmix = fit_kmix(load_clip, len(pool_t), cfg, seed) if cfg.method == "slicer" else None
+    bn_index = np.sort(np.random.default_rng([seed, 7]).choice(len(pool_t), min(args.bn_clips, len(pool_t)),
+                                                                replace=False))
+    result = {"seed": seed, "evals": {}, "epochs": []}
+
+    def run_eval(label: str, encoder) -> None:
+        started = time.perf_counter()
+        net = InstanceNet(cfg, encoder).eval()
+        with torch.no_grad():
+            scores = evaluate(lambda x: np.concatenate([net.represent(b[:, None]).numpy() for b in _batches(x, 128)]),
+                              tasks, args.probe_epochs)
+        result["evals"][f"{label}|meanmax"] = scores
+        log(f"  seed {seed} eval {label}: " + ", ".join(f"{t} {scores[t]['accuracy']:.3f}" for t in tasks)
+            + f"  [{time.perf_counter() - started:.0f} s]")
+
+    initial = copy.deepcopy(method.encoder)
+    run_eval("random-defaultBN", initial)  # the initial encoder, untouched batch-norm statistics
+    precise = copy.deepcopy(initial)
+    precise_bn(InstanceNet(cfg, precise), pool_t, bn_index, 128)
+    run_eval("random-preciseBN", precise)
+    for epoch in range(args.epochs):
+        started = time.perf_counter()
+        out = train_instance_epoch(method, optimiser, bank, load_clip, len(pool_t), cfg, seed, epoch, device, kmix)
+        stats = {"epoch": epoch, "loss": out["loss"], "terms": out["terms"], "steps": out["steps"],
+                 "seconds": time.perf_counter() - started, "draws": len(epoch_order(seed, epoch, len(pool_t),
+                                                                                    cfg.samples_per_epoch))}
+        result["epochs"].append(stats)
+        log(f"  seed {seed} epoch {epoch}: loss {out['loss']:.4f} (" + ", ".join(
+            f"{k} {v:.3f}" for k, v in out["terms"].items()) + f")  [{stats['seconds']:.0f} s]")
+        if epoch + 1 in eval_epochs:
+            run_eval(f"{args.method}-{epoch + 1}", copy.deepcopy(method.encoder))
+    return result
+
+
 # =============================================================================== report
 
 def main(argv=None) -> dict:
@@ -385,7 +447,8 @@ def main(argv=None) -> dict:
     logmel = evaluate(lambda x: np.stack([logmel_statistics(m) for m in x]), tasks, args.probe_epochs, "raw")
     log("log-mel stats: " + ", ".join(f"{t} {r['accuracy']:.3f}" for t, r in logmel.items()))
 
-    runs = [decar_run(args, seed, pool_t, tasks, log) for seed in args.seeds]
+    run = decar_run if args.method == "decar" else instance_run
+    runs = [run(args, seed, pool_t, tasks, log) for seed in args.seeds]
     wall = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ tables
@@ -405,10 +468,17 @@ def main(argv=None) -> dict:
     for name in names:
         print(f"| {name} | " + " | ".join("{:.3f} [{:.3f}, {:.3f}]".format(*table[name][c]) for c in cols) + " |")
     print("| mean | " + " | ".join(f"{np.mean([table[n][c][0] for n in names]):.3f}" for c in cols) + " |")
+    if args.method != "decar":
+        print("\n### Training loss per epoch (mean over seeds)\n")
+        for e in range(args.epochs):
+            print(f"| {e} | {np.mean([r['epochs'][e]['loss'] for r in runs]):.4f} |")
+        runs_report = []
+    else:
+        runs_report = runs
     print("\n### Training loss per epoch vs ln k (mean over seeds)\n")
     print("| epoch | loss | first 20 % | last 20 % | ln k | head train acc | NMI prev | largest cluster |")
     print("|---|---|---|---|---|---|---|---|")
-    for e in range(args.epochs):
+    for e in range(args.epochs if runs_report else 0):
         rows = [r["epochs"][e] for r in runs]
         nm = [x["nmi_prev"] for x in rows if x["nmi_prev"] is not None]
         print(f"| {e} | {np.mean([x['loss'] for x in rows]):.3f} | {np.mean([x['loss_first'] for x in rows]):.3f} | "

@@ -208,10 +208,12 @@ def benchmark_downstream(checkpoint: str, tasks: list[str], modes: list[str] = [
                 if mode == "frozen" and not is_complete(output, key):
                     ensure_embeddings(paths, keys, features, str(path), sha256,
                                       representation_dim(payload), seed, batch_size, device, cluster)
-                rows += run_stage(evaluate_task, key, task=task_name, mode=mode, manifest=manifest,
-                                  features=features, embeddings={m: str(p) for m, p in paths.items()},
-                                  checkpoint=str(path), checkpoint_sha256=sha256, config=config, seed=seed,
-                                  output=str(output), device=device)
+                scores = run_stage(evaluate_task, key, task=task_name, mode=mode, manifest=manifest,
+                                   features=features, embeddings={m: str(p) for m, p in paths.items()},
+                                   checkpoint=str(path), checkpoint_sha256=sha256, config=config, seed=seed,
+                                   output=str(output), device=device)
+                # model "decar" is the checkpoint's network; `method` says which method trained it
+                rows += [{**row, "method": payload.get("method", "decar")} for row in scores]
     results = out_dir / f"{name}.parquet"
     write_scores(results, rows)
     title = f"{run_dir.name}-{name}" if run_dir else name  # artifact keys are global: name the run too

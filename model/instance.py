@@ -111,7 +111,7 @@ def train_instance_epoch(method: nn.Module, optimiser: torch.optim.Optimizer, ba
         optimiser.step()
         method.after_step(gather)
         bank.push(gather(crops), None if clusters is None else gather(clusters))
-        total += float(loss)
+        total += float(loss.detach())
         for name, value in stats.items():
             terms[name] = terms.get(name, 0.0) + float(value)
         if on_step:

@@ -1,0 +1,130 @@
+"""pretrain-delores-s, pretrain-delores-m, pretrain-slicer: real flows on the test API server, a
+real feature store, kill -9 in training then resume to the same tensors, a 2-process gloo epoch,
+and each method's checkpoint through benchmark-downstream."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from downstream.generated import write_generated_task
+from flows import benchmark_downstream, cache_features, pretrain_delores_s, pretrain_slicer
+from storage.layout import RunLayout
+from storage.records import read_record
+from tests.helpers import tone_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOWS = {"delores-s": "pretrain_delores_s", "delores-m": "pretrain_delores_m", "slicer": "pretrain_slicer"}
+# small enough for seconds per epoch: 24 clips, 3 steps of 8, BYOL-A encoder of width 64
+TINY = dict(epochs=2, batch_size=8, seed=0, device="cpu",
+            options={"encoder_dim": 64, "projector_dim": 32, "queue_size": 16, "bank_size": 16, "crop_frames": 16,
+                     "instance_dim": 16, "cluster_heads": 8, "kmix_sample": 24, "ema": 0.9})
+
+RUNNER = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+import flows
+params = json.loads(sys.argv[2])
+print("RESULT", getattr(flows, sys.argv[1])(**params))
+"""
+
+
+def run_child(flow: str, params: dict, fault: str | None = None, skip: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("DECAR_FAULT", None)
+    if fault:
+        env.update(DECAR_FAULT=fault, DECAR_FAULT_SKIP=str(skip))
+    return subprocess.run([sys.executable, "-c", RUNNER, flow, json.dumps(params)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, dask_address) -> str:
+    data = tmp_path_factory.mktemp("instance-data")
+    return cache_features(str(tone_manifest(data, n=24, seconds=0.5)), data_dir=str(data), dask_address=dask_address)
+
+
+def tensors(state, prefix: str = ""):
+    """Every tensor of a nested checkpoint entry, by dotted name."""
+    if isinstance(state, torch.Tensor):
+        yield prefix, state
+    elif isinstance(state, dict):
+        for k, v in state.items():
+            yield from tensors(v, f"{prefix}.{k}")
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            yield from tensors(v, f"{prefix}.{i}")
+
+
+def assert_same_checkpoint(a: Path, b: Path) -> None:
+    ca, cb = (torch.load(p, weights_only=True) for p in (a, b))
+    for part in ("state", "encoder", "optimiser", "bank", "kmix"):
+        ta, tb = dict(tensors(ca[part])), dict(tensors(cb[part]))
+        assert ta.keys() == tb.keys(), part
+        for name in ta:
+            assert torch.equal(ta[name], tb[name]), f"{a}: {part}{name} differs from the uninterrupted run"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("method", list(FLOWS))
+def test_killed_in_training_then_resumed_equals_uninterrupted(method, store, tmp_path):
+    runs = tmp_path / "runs"
+    params = dict(features=store, runs_dir=str(runs), **TINY)
+    done = run_child(FLOWS[method], {**params, "run_name": "reference"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 3 steps per epoch: let the 3 of epoch 0 and the first of epoch 1 pass, die after the 2nd of epoch 1
+    killed = run_child(FLOWS[method], {**params, "run_name": "faulty"}, fault="train-step", skip=4)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run = RunLayout(runs / "faulty")
+    assert read_record(run.checkpoint(0)) is not None and not run.checkpoint(1).exists()
+    kept = run.checkpoint(0).stat().st_mtime_ns
+    done = run_child(FLOWS[method], {**params, "run_name": "faulty"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert run.checkpoint(0).stat().st_mtime_ns == kept, "the finished epoch 0 was retrained"
+    for epoch in (0, 1):
+        assert_same_checkpoint(run.checkpoint(epoch), RunLayout(runs / "reference").checkpoint(epoch))
+    metrics = json.loads(run.metrics(1).read_text())
+    assert metrics["method"] == method and metrics["loss"] == metrics["loss"]  # finite, not NaN
+    assert metrics["health"]["distinct_rows"] > 1
+    payload = torch.load(run.checkpoint(1), weights_only=True)
+    assert payload["method"] == method and payload["instance_config"]["method"] == method
+    assert (payload["kmix"] is not None) == (method == "slicer")
+
+
+@pytest.mark.timeout(300)
+def test_two_gloo_processes_train_one_epoch(store, tmp_path):
+    run = pretrain_delores_s(store, "ddp", runs_dir=str(tmp_path), processes=2, **{**TINY, "epochs": 1})
+    metrics = json.loads(RunLayout(run).metrics(0).read_text())
+    assert metrics["processes"] == 2
+    payload = torch.load(RunLayout(run).checkpoint(0), weights_only=True)
+    assert payload["extra"]["processes"] == 2 and payload["extra"]["steps"] == 3  # 24 clips / global batch 8
+
+
+@pytest.mark.timeout(600)
+def test_slicer_checkpoint_is_benchmarked_beside_its_random_encoder(store, tmp_path, dask_address):
+    run = pretrain_slicer(store, "bench", runs_dir=str(tmp_path / "runs"), **{**TINY, "epochs": 1})
+    folder = write_generated_task("synth-instrument", tmp_path / "families", scale=0.2)
+    results = benchmark_downstream(f"{run}:latest", tasks=[f"folder:{folder}"], modes=["frozen", "finetune"],
+                                   data_dir=str(tmp_path / "data"), epochs=1, batch_size=8, dask_address=dask_address)
+    rows = pq.read_table(results).to_pylist()
+    assert sorted((r["mode"], r["model"]) for r in rows) == [
+        ("finetune", "decar"), ("finetune", "random-init"),
+        ("frozen", "decar"), ("frozen", "logmel-stats"), ("frozen", "random-init"), ("frozen", "random-init-bn")]
+    assert all(r["method"] == "slicer" for r in rows)
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def test_bad_parameters_fail_before_any_work(store, tmp_path):
+    with pytest.raises(ValueError, match="encoder"):
+        pretrain_delores_s(store, "bad", runs_dir=str(tmp_path), options={"encoder": "resnet"})
+    with pytest.raises(ValueError, match="batch_size"):
+        pretrain_delores_s(store, "bad", runs_dir=str(tmp_path), batch_size=64)
+    assert not (tmp_path / "bad").exists()
