@@ -5,7 +5,8 @@
     frames, timestamps_ms = get_timestamp_embeddings(audio, model)
 
 Scene embedding: f's pooled output h (global max over the last feature map),
-1280 * width dims, as in the paper's downstream evaluation. Timestamp
+1280 * width dims, as in the paper's downstream evaluation; for a DeLoRes-S/-M or SLICER
+checkpoint, its encoder's embedding (max + mean over time). Timestamp
 embeddings: the last feature map max-pooled over frequency gives one vector
 per block of about 32 log-mel frames (320 ms); these are linearly
 interpolated to one vector every `timestamp_hop_ms` (50 ms), centred on the
@@ -22,6 +23,7 @@ from torch import nn
 
 from model.audio import log_mel
 from model.config import FeatureConfig, ModelConfig
+from model.instance import InstanceNet
 from model.network import DecarNet, add_channel
 from storage.checkpoint import load_checkpoint
 
@@ -48,11 +50,14 @@ class DecarEmbedding(nn.Module):
         self.timestamp_embedding_size = encoder.out_dim
         self.eval()
 
-    def feature_map(self, audio: torch.Tensor) -> torch.Tensor:
-        """(b, samples) -> last feature map (b, C, F', T')."""
+    def inputs(self, audio: torch.Tensor) -> torch.Tensor:
+        """(b, samples) -> normalised log-mel (b, 1, n_mels, frames) on the model's device."""
         features = log_mel(audio.float().cpu(), self.feature_config).to(self.device)
-        features = (features - self.mean) / self.std
-        return self.encoder.feature_map(add_channel(features))
+        return add_channel((features - self.mean) / self.std)
+
+    def feature_map(self, audio: torch.Tensor) -> torch.Tensor:
+        """(b, samples) -> last feature map (b, C, F', T') (an instance method's BYOL-A encoder: F' = 1)."""
+        return self.encoder.feature_map(self.inputs(audio))
 
     @property
     def device(self) -> torch.device:
@@ -67,7 +72,8 @@ def load_model(path: str | Path | None = None, width_mult: float = 1.0,
         net = DecarNet.random_init(ModelConfig(width_mult=width_mult), seed=0)
         return DecarEmbedding(net.encoder, FeatureConfig(), mean=mean, std=std)
     checkpoint = load_checkpoint(path)
-    net = DecarNet.from_checkpoint(checkpoint)
+    # a DECAR checkpoint, or an instance method's (DeLoRes-S/-M, SLICER: the checkpoint says which)
+    net = InstanceNet.from_checkpoint(checkpoint) if "method" in checkpoint else DecarNet.from_checkpoint(checkpoint)
     norm = checkpoint.get("norm") or {}
     return DecarEmbedding(net.encoder, FeatureConfig(**checkpoint["feature_config"]),
                           mean=float(norm.get("mean", 0.0)), std=float(norm.get("std", 1.0)))
@@ -91,7 +97,10 @@ def get_scene_embeddings(audio: torch.Tensor, model: DecarEmbedding) -> torch.Te
     audio = _check_audio(audio)
     if audio.shape[0] == 0:
         return torch.zeros(0, model.scene_embedding_size, device=model.device)
-    return torch.cat(_chunks(audio, model, lambda fmap: torch.amax(fmap, dim=(2, 3))))
+    model.eval()
+    with torch.no_grad():  # the encoder's own pooling: DECAR's global max, the instance methods' max + mean
+        return torch.cat([model.encoder(model.inputs(audio[i:i + model.chunk_size]))
+                          for i in range(0, audio.shape[0], model.chunk_size)])
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: DecarEmbedding) -> tuple[torch.Tensor, torch.Tensor]:

@@ -136,6 +136,8 @@ class InstanceConfig(_Config):
     # heads and losses
     projector_dim: int = Field(2048, gt=0, description="Barlow Twins projector width (3 layers)")
     barlow_lambda: float = Field(0.0051, ge=0, description="weight of the off-diagonal terms")
+    block_weight: float = Field(1.0, ge=0, description="DeLoRes-M: weight of each block's Barlow Twins term "
+                                "(METHODS.md: a plain sum; the authors' code scales them down, e.g. 1/32)")
     ema: float = Field(0.999, ge=0, lt=1, description="momentum teacher: teacher = ema * teacher + (1 - ema) * student")
     queue_size: int = Field(4096, ge=1, description="negatives kept for the instance loss (MoCo)")
     instance_dim: int = Field(128, gt=0)

@@ -72,7 +72,7 @@ class DeLoResM(nn.Module):
         for i, (proj, s, t) in enumerate(zip(self.projectors, student_maps, teacher_maps)):
             term = barlow_twins_loss(proj(time_averaged(s)), proj(time_averaged(t)), self.cfg.barlow_lambda)
             stats[f"block{i}"] = term.item()
-            loss = loss + term
+            loss = loss + self.cfg.block_weight * term
         self._pending = keys.detach().float()
         return loss, stats
 

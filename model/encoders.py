@@ -50,11 +50,21 @@ class ByolaEncoder(nn.Module):
         return nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
                              nn.MaxPool2d(2))
 
-    def _embed(self, last: torch.Tensor) -> torch.Tensor:
-        """Last block output (B, 64, F/8, T/8) -> embedding (B, dim)."""
+    def _frames(self, last: torch.Tensor) -> torch.Tensor:
+        """Last block output (B, 64, F/8, T/8) -> one MLP vector per time step (B, dim, T/8)."""
         batch, channels, bins, frames = last.shape
-        steps = last.permute(0, 3, 1, 2).reshape(batch, frames, channels * bins)  # one vector per time step
-        return _pool_time(self.mlp(steps).transpose(1, 2))
+        steps = last.permute(0, 3, 1, 2).reshape(batch, frames, channels * bins)
+        return self.mlp(steps).transpose(1, 2)
+
+    def _embed(self, last: torch.Tensor) -> torch.Tensor:
+        return _pool_time(self._frames(last))
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Per time step vectors as a map (B, dim, 1, T/8): what the HEAR module's timestamps use."""
+        out = _remove_clip_mean(x) if self.clip_norm else x
+        for conv in self.convs:
+            out = conv(out)
+        return self._frames(out).unsqueeze(2)
 
     def blocks(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The three conv block outputs (B, 64, F_i, T_i) and the embedding (B, out_dim), in one pass."""
@@ -102,6 +112,9 @@ class EfficientNetEncoder(nn.Module):
             if index in self.block_stages:
                 maps.append(out)
         return maps, self._pool(out)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.feature_map(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._pool(self.encoder.feature_map(x))

@@ -128,3 +128,16 @@ def test_bad_parameters_fail_before_any_work(store, tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         pretrain_delores_s(store, "bad", runs_dir=str(tmp_path), batch_size=64)
     assert not (tmp_path / "bad").exists()
+
+
+def test_hear_module_serves_an_instance_checkpoint(store, tmp_path):
+    from hear_decar import get_scene_embeddings, get_timestamp_embeddings, load_model
+
+    run = pretrain_delores_s(store, "hear", runs_dir=str(tmp_path), **{**TINY, "epochs": 1})
+    model = load_model(str(RunLayout(run).checkpoint(0)))
+    audio = torch.randn(3, 16000) * 0.1
+    scene = get_scene_embeddings(audio, model)
+    assert scene.shape == (3, TINY["options"]["encoder_dim"]) and torch.isfinite(scene).all()
+    frames, stamps = get_timestamp_embeddings(audio, model)
+    assert frames.shape[:2] == stamps.shape and frames.shape[2] == TINY["options"]["encoder_dim"]
+    assert len(torch.unique(scene, dim=0)) == 3
