@@ -384,9 +384,12 @@ def instance_run(args, seed: int, pool_t, tasks: dict, log) -> dict:
     def run_eval(label: str, encoder) -> None:
         started = time.perf_counter()
         net = InstanceNet(cfg, encoder).eval()
-        with torch.no_grad():
-            scores = evaluate(lambda x: np.concatenate([net.represent(b[:, None]).numpy() for b in _batches(x, 128)]),
-                              tasks, args.probe_epochs)
+
+        def features(x):
+            with torch.no_grad():
+                return np.concatenate([net.represent(b[:, None]).numpy() for b in _batches(x, 128)])
+
+        scores = evaluate(features, tasks, args.probe_epochs)
         result["evals"][f"{label}|meanmax"] = scores
         log(f"  seed {seed} eval {label}: " + ", ".join(f"{t} {scores[t]['accuracy']:.3f}" for t in tasks)
             + f"  [{time.perf_counter() - started:.0f} s]")
@@ -411,6 +414,19 @@ def instance_run(args, seed: int, pool_t, tasks: dict, log) -> dict:
 
 
 # =============================================================================== report
+
+def print_decar_losses(args, runs) -> None:
+    print("\n### Training loss per epoch vs ln k (mean over seeds)\n")
+    print("| epoch | loss | first 20 % | last 20 % | ln k | head train acc | NMI prev | largest cluster |")
+    print("|---|---|---|---|---|---|---|---|")
+    for e in range(args.epochs):
+        rows = [r["epochs"][e] for r in runs]
+        nm = [x["nmi_prev"] for x in rows if x["nmi_prev"] is not None]
+        print(f"| {e} | {np.mean([x['loss'] for x in rows]):.3f} | {np.mean([x['loss_first'] for x in rows]):.3f} | "
+              f"{np.mean([x['loss_last'] for x in rows]):.3f} | {np.mean([x['ln_k'] for x in rows]):.3f} | "
+              f"{np.mean([x['train_accuracy'] for x in rows]):.3f} | "
+              f"{np.mean(nm) if nm else float('nan'):.3f} | {np.mean([x['largest_fraction'] for x in rows]):.3f} |")
+
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -470,21 +486,11 @@ def main(argv=None) -> dict:
     print("| mean | " + " | ".join(f"{np.mean([table[n][c][0] for n in names]):.3f}" for c in cols) + " |")
     if args.method != "decar":
         print("\n### Training loss per epoch (mean over seeds)\n")
+        print("| epoch | loss |\n|---|---|")
         for e in range(args.epochs):
             print(f"| {e} | {np.mean([r['epochs'][e]['loss'] for r in runs]):.4f} |")
-        runs_report = []
     else:
-        runs_report = runs
-    print("\n### Training loss per epoch vs ln k (mean over seeds)\n")
-    print("| epoch | loss | first 20 % | last 20 % | ln k | head train acc | NMI prev | largest cluster |")
-    print("|---|---|---|---|---|---|---|---|")
-    for e in range(args.epochs if runs_report else 0):
-        rows = [r["epochs"][e] for r in runs]
-        nm = [x["nmi_prev"] for x in rows if x["nmi_prev"] is not None]
-        print(f"| {e} | {np.mean([x['loss'] for x in rows]):.3f} | {np.mean([x['loss_first'] for x in rows]):.3f} | "
-              f"{np.mean([x['loss_last'] for x in rows]):.3f} | {np.mean([x['ln_k'] for x in rows]):.3f} | "
-              f"{np.mean([x['train_accuracy'] for x in rows]):.3f} | "
-              f"{np.mean(nm) if nm else float('nan'):.3f} | {np.mean([x['largest_fraction'] for x in rows]):.3f} |")
+        print_decar_losses(args, runs)
     print(f"\nwall time {wall:.0f} s with {args.threads} threads")
 
     out = {"args": vars(args), "wall_seconds": wall,
