@@ -15,7 +15,7 @@ from flows.epoch import run_epoch
 from flows.run_config import epoch_keys, freeze_run_config, initial_key
 from flows.runners import OnDemandCluster
 from model.config import ClusterConfig, ModelConfig, RunConfig, TrainConfig
-from model.decar import should_stop
+from model.decar import check_sync_batchnorm, should_stop
 from model.runtime import training_devices
 from storage.atomic import write_json
 from storage.features import FeatureReader
@@ -81,6 +81,9 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
                                       "allow_degenerate": allow_degenerate, **(cluster_options or {})})
     train = TrainConfig(**{"batch_size": batch_size, "lr": lr, "crop_frames": crop_frames,
                            "samples_per_epoch": samples_per_epoch, "bn_clips": bn_clips, **(train_options or {})})
+    devices = training_devices(device, processes)
+    if train.sync_batchnorm and len(devices) > 1:
+        check_sync_batchnorm(torch.device(devices[0]))
     reader = open_store(features, clusters, algorithm)
     run = RunLayout(Path(runs_dir) / run_name)
     config = RunConfig(features=str(Path(features).resolve()), feature_key=reader.attrs["feature_key"], model=model,

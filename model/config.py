@@ -84,6 +84,12 @@ class TrainConfig(_Config):
     samples_per_epoch: int | None = Field(None, ge=1, description="draws per epoch; None = number of clips")
     bn_clips: int = Field(256, ge=0, description="clips of the run's fixed sample over which batch-norm "
                           "statistics are recomputed after each epoch (precise BN); 0 keeps training's")
+    # speed options for GPUs (README, "Training on several GPUs and nodes"); all off by default: without
+    # a GPU here nothing has shown them faster (bench/gpu.py measures them where there is one)
+    channels_last: bool = Field(False, description="network and batches in channels-last memory format")
+    compile: bool = Field(False, description="torch.compile the training network (first steps pay the compile)")
+    sync_batchnorm: bool = Field(False, description="batch-norm statistics over all processes' batches "
+                                 "(SyncBatchNorm; torch supports it on GPUs only)")
 
 
 class RunConfig(_Config):

@@ -81,7 +81,8 @@ def make_optimisers(net: DecarNet, cfg: TrainConfig) -> tuple[torch.optim.SGD, t
 
 def train_one_epoch(net: DecarNet, batches: Iterable, optimisers: tuple, augment: SpecAugment,
                     device: torch.device, crop_frames: int | None = None, generator: torch.Generator | None = None,
-                    on_step: Callable[[int, float], None] | None = None) -> dict:
+                    on_step: Callable[[int, float], None] | None = None,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> dict:
     """Cross-entropy of the head's predictions against the pseudo-labels, every parameter trained.
 
     `batches` yields (log-mel (B, n_mels, T), lengths (B,), labels (B,)). Returns the mean loss, the
@@ -96,7 +97,7 @@ def train_one_epoch(net: DecarNet, batches: Iterable, optimisers: tuple, augment
             x, lengths = random_crop(x, lengths, crop_frames, generator)
         x = augment(x, lengths)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = net(add_channel(x)).float()
+            logits = net(add_channel(x).contiguous(memory_format=memory_format)).float()
         loss = loss_fn(logits, y)
         for optimiser in optimisers:
             optimiser.zero_grad(set_to_none=True)
@@ -167,14 +168,45 @@ def train_on_pseudo_labels(net: DecarNet, load_clip: Callable[[int], np.ndarray]
                         num_workers=loader_workers, multiprocessing_context="spawn" if loader_workers else None,
                         persistent_workers=False, pin_memory=device.type == "cuda")
     optimisers = make_optimisers(net, cfg)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    net.to(memory_format=memory_format)
+    if cfg.sync_batchnorm and world > 1:
+        check_sync_batchnorm(device)
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # the same DecarNet, its BN layers swapped
     model = wrap(net) if wrap else net
-    stats = train_one_epoch(model, loader, optimisers, SpecAugment.from_config(cfg), device, cfg.crop_frames,
-                            generator, on_step and (lambda step, loss: on_step(step, len(batches), loss)))
+    if cfg.compile:
+        model = torch.compile(model)
+    try:
+        stats = train_one_epoch(model, loader, optimisers, SpecAugment.from_config(cfg), device, cfg.crop_frames,
+                                generator, on_step and (lambda step, loss: on_step(step, len(batches), loss)),
+                                memory_format)
+    finally:
+        revert_sync_batchnorm(net)  # precise BN and the checkpoint see plain BatchNorm2d again
+        net.to(memory_format=torch.contiguous_format)
     if world > 1:  # the epoch's figures over all ranks
         totals = torch.tensor([stats["loss"], stats["accuracy"]], dtype=torch.float64)
         torch.distributed.all_reduce(totals)
         stats.update(loss=float(totals[0]) / world, accuracy=float(totals[1]) / world)
     return {**stats, "clusters": clusters, "draws": draws}
+
+
+def check_sync_batchnorm(device: torch.device) -> None:
+    """torch's SyncBatchNorm synchronises GPU batches only: say so before any work on the CPU."""
+    if device.type != "cuda":
+        raise ValueError("sync_batchnorm needs GPUs (torch's SyncBatchNorm supports CUDA devices only); on "
+                         f"{device.type} processes keep per-process batch-norm statistics")
+
+
+def revert_sync_batchnorm(module: nn.Module) -> None:
+    """Swap every SyncBatchNorm child back to a BatchNorm2d holding the same tensors, in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            plain = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats).to(child.running_mean.device)
+            plain.load_state_dict(child.state_dict())
+            setattr(module, name, plain)
+        else:
+            revert_sync_batchnorm(child)
 
 
 def precise_batchnorm(net: DecarNet, load_clip: Callable[[int], np.ndarray], sample: np.ndarray,

@@ -64,6 +64,39 @@ def test_loader_workers_give_the_same_training(store):
     assert all(torch.equal(outcomes[0][1][k], outcomes[1][1][k]) for k in outcomes[0][1])
 
 
+def test_channels_last_trains_the_same_network(store):
+    """The channels-last option changes memory layout, not the method: the same trained tensors (to
+    float tolerance: convolutions sum in another order), saved in the default layout."""
+    loader = ClipLoader(store)
+    labels = np.arange(len(loader)) % 4
+    nets, losses = [], []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        net = DecarNet.random_init(ModelConfig(width_mult=0.25), seed=0)
+        cfg = TrainConfig(batch_size=8, samples_per_epoch=16, crop_frames=48, channels_last=channels_last, lr=1e-3)
+        losses.append(train_on_pseudo_labels(net, loader, labels, cfg, seed=0, epoch=0,
+                                             device=torch.device("cpu"))["loss"])
+        nets.append(net)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    for (name, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name
+        assert b.is_contiguous(), name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusal; GPUs run SyncBatchNorm")
+def test_sync_batchnorm_on_cpu_processes_is_refused_before_any_work(store, tmp_path):
+    with pytest.raises(ValueError, match="sync_batchnorm needs GPUs"):
+        pretrain_decar(store, "sync", runs_dir=str(tmp_path), **TWO, train_options={"sync_batchnorm": True})
+    assert not (tmp_path / "sync").exists()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_sync_batchnorm_on_two_gpus(store, tmp_path):
+    run = pretrain_decar(store, "sync", runs_dir=str(tmp_path), **{**TWO, "device": "cuda:0,1", "epochs": 1},
+                         train_options={"sync_batchnorm": True})
+    assert json.loads(RunLayout(run).metrics(0).read_text())["processes"] == 2
+
+
 def test_two_processes_train_resume_after_a_dead_rank_and_match(store, tmp_path, dask_address, monkeypatch):
     whole = RunLayout(pretrain_decar(store, "two", runs_dir=str(tmp_path), dask_address=dask_address, **TWO))
     metrics = json.loads(whole.metrics(1).read_text())
