@@ -60,6 +60,7 @@ def parse_args(argv=None):
     a("--time-masks", type=int, default=1, help="SpecAugment (paper: 2 masks of up to 40 frames)")
     a("--time-mask-frames", type=int, default=20)
     a("--time-warp", type=int, default=5)
+    a("--freq-shift", type=int, default=0, help="TrainConfig.freq_shift: shift crops by up to this many mel bins")
     a("--lr", type=float, default=0.05, help="body lr (SGD, momentum 0.9, wd 1e-5)")
     a("--head-lr", type=float, default=None, help="head lr (plain SGD); default = --lr")
     a("--schedule", choices=["constant", "cosine"], default="constant", help="body lr over all steps")
@@ -252,7 +253,7 @@ def decar_run(args, seed: int, pool_t, tasks: dict, log) -> dict:
     train_cfg = TrainConfig(batch_size=args.batch, lr=args.lr, head_lr=args.head_lr, crop_frames=args.crop or None,
                             samples_per_epoch=draws, freq_masks=args.freq_masks, freq_mask_bins=args.freq_mask_bins,
                             time_masks=args.time_masks, time_mask_frames=args.time_mask_frames,
-                            time_warp=args.time_warp)
+                            time_warp=args.time_warp, freq_shift=args.freq_shift)
     steps_per_epoch = draws // args.batch  # full batches only
     total_steps = steps_per_epoch * args.epochs
     cluster_cfg = ClusterConfig(clusters=args.k, pca_dim=args.pca_dim)

@@ -101,6 +101,18 @@ def time_warp(x: torch.Tensor, max_shift: int, lengths: torch.Tensor | Sequence[
     return warp_frames(x, centre, shift, valid)
 
 
+def frequency_shift(x: torch.Tensor, max_bins: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Move each example's spectrogram (B, n_mels, T) up or down by s ~ U{-S..S} mel bins (S =
+    max_bins), zero (the dataset mean) shifted in: a crude pitch/formant shift, so that pseudo-labels
+    learnt from one voice carry over to a slightly higher or lower one (bench/science.py)."""
+    batch, mels, frames = x.shape
+    shift = (_rand((batch,), x.device, generator) * (2 * max_bins + 1)).long().clamp(max=2 * max_bins) - max_bins
+    source = torch.arange(mels, device=x.device)[None] - shift[:, None]  # output bin f reads bin f - s
+    inside = (source >= 0) & (source < mels)
+    moved = x.gather(1, source.clamp(0, mels - 1)[:, :, None].expand(batch, mels, frames))
+    return torch.where(inside[:, :, None], moved, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 class SpecAugment(nn.Module):
     """Time warp, frequency masks and time masks, each example drawn independently, for the whole
     batch at once on the batch's device.
@@ -115,8 +127,9 @@ class SpecAugment(nn.Module):
     """
 
     def __init__(self, freq_masks: int = 2, freq_mask_bins: int = 30, time_masks: int = 2,
-                 time_mask_frames: int = 40, time_warp: int = 5, fill: float = 0.0):
+                 time_mask_frames: int = 40, time_warp: int = 5, fill: float = 0.0, freq_shift: int = 0):
         super().__init__()
+        self.freq_shift = freq_shift
         self.freq_masks = freq_masks if freq_mask_bins > 0 else 0
         self.time_masks = time_masks if time_mask_frames > 0 else 0
         self.freq_mask_bins = freq_mask_bins
@@ -126,9 +139,9 @@ class SpecAugment(nn.Module):
 
     @classmethod
     def from_config(cls, config) -> "SpecAugment":
-        """From a TrainConfig (freq_masks, freq_mask_bins, time_masks, time_mask_frames, time_warp)."""
+        """From a TrainConfig (freq_masks, freq_mask_bins, time_masks, time_mask_frames, time_warp, freq_shift)."""
         return cls(config.freq_masks, config.freq_mask_bins, config.time_masks,
-                   config.time_mask_frames, config.time_warp)
+                   config.time_mask_frames, config.time_warp, freq_shift=config.freq_shift)
 
     def masks(self, batch: int, mels: int, frames: int, lengths: torch.Tensor | Sequence[int] | None = None,
               device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
@@ -151,13 +164,15 @@ class SpecAugment(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | Sequence[int] | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        if not self.training or not (self.freq_masks or self.time_masks or self.time_warp):
+        if not self.training or not (self.freq_masks or self.time_masks or self.time_warp or self.freq_shift):
             return x
         if x.dim() != 3:
             raise ValueError(f"expected (batch, n_mels, frames), got shape {tuple(x.shape)}")
         batch, mels, frames = x.shape
         valid = _lengths_tensor(lengths, batch, frames, x.device)
         out = time_warp(x, self.time_warp, valid, generator) if self.time_warp else x
+        if self.freq_shift:  # after the warp: no draw changes when it is off (the paper's stream)
+            out = frequency_shift(out, self.freq_shift, generator)
         out = out.clone() if out is x else out  # never write into the caller's batch
         if self.freq_masks or self.time_masks:
             out.masked_fill_(self.masks(batch, mels, frames, valid, x.device, generator), self.fill)

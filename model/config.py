@@ -81,6 +81,8 @@ class TrainConfig(_Config):
     time_masks: int = Field(2, ge=0)
     time_mask_frames: int = Field(40, ge=0)
     time_warp: int = Field(5, ge=0)
+    freq_shift: int = Field(0, ge=0, description="shift each training crop up or down by up to this many mel "
+                            "bins (0: off, the paper); a crude pitch/formant shift")
     samples_per_epoch: int | None = Field(None, ge=1, description="draws per epoch; None = number of clips")
     bn_clips: int = Field(256, ge=0, description="clips of the run's fixed sample over which batch-norm "
                           "statistics are recomputed after each epoch (precise BN); 0 keeps training's")

@@ -247,3 +247,24 @@ def test_random_crop_fixed_size_padding_and_generator():
     assert 0 <= start <= 10 and torch.equal(crops[1], x[1, :, start:start + 20])
     again, _ = random_crop(x, lengths, 20, torch.Generator().manual_seed(0))
     assert torch.equal(crops, again)
+
+
+def test_frequency_shift_moves_whole_spectra_by_uniform_bins():
+    from model.augment import frequency_shift
+
+    mels, draws, most = 16, 4000, 3
+    ramp = (torch.arange(mels, dtype=torch.float32) + 1)[None, :, None].expand(draws, mels, 5)
+    out = frequency_shift(ramp, most, torch.Generator().manual_seed(0))
+    # row f holds bin f - s (value f - s + 1) where that bin exists, else 0: recover s per example
+    shifts = []
+    for example in out[:, :, 0]:
+        kept = torch.nonzero(example).flatten()
+        s = int(kept[0] - example[kept[0]] + 1)
+        assert torch.equal(example[kept], kept.float() - s + 1)  # moved whole, in order
+        assert len(kept) == mels - abs(s)  # and zero shifted in
+        shifts.append(s)
+    assert torch.equal(out[:, :, 0:1].expand_as(out), out)  # every frame alike
+    counts = np.bincount(np.array(shifts) + most, minlength=2 * most + 1)
+    assert len(counts) == 2 * most + 1
+    assert np.all(np.abs(counts / draws - 1 / (2 * most + 1)) < 0.03), counts
+    assert torch.equal(frequency_shift(ramp, 0), ramp)
