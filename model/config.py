@@ -88,6 +88,7 @@ class TrainConfig(_Config):
                           "statistics are recomputed after each epoch (precise BN); 0 keeps training's")
     # speed options for GPUs (README, "Training on several GPUs and nodes"); all off by default: without
     # a GPU here nothing has shown them faster (bench/gpu.py measures them where there is one)
+    mixed_precision: bool = Field(True, description="bf16 autocast on GPUs (the CPU always trains in float32)")
     channels_last: bool = Field(False, description="network and batches in channels-last memory format")
     compile: bool = Field(False, description="torch.compile the training network (first steps pay the compile)")
     sync_batchnorm: bool = Field(False, description="batch-norm statistics over all processes' batches "

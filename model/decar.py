@@ -82,7 +82,7 @@ def make_optimisers(net: DecarNet, cfg: TrainConfig) -> tuple[torch.optim.SGD, t
 def train_one_epoch(net: DecarNet, batches: Iterable, optimisers: tuple, augment: SpecAugment,
                     device: torch.device, crop_frames: int | None = None, generator: torch.Generator | None = None,
                     on_step: Callable[[int, float], None] | None = None,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> dict:
+                    memory_format: torch.memory_format = torch.contiguous_format, mixed_precision: bool = True) -> dict:
     """Cross-entropy of the head's predictions against the pseudo-labels, every parameter trained.
 
     `batches` yields (log-mel (B, n_mels, T), lengths (B,), labels (B,)). Returns the mean loss, the
@@ -96,7 +96,7 @@ def train_one_epoch(net: DecarNet, batches: Iterable, optimisers: tuple, augment
         if crop_frames:
             x, lengths = random_crop(x, lengths, crop_frames, generator)
         x = augment(x, lengths)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision and device.type == "cuda"):
             logits = net(add_channel(x).contiguous(memory_format=memory_format)).float()
         loss = loss_fn(logits, y)
         for optimiser in optimisers:
@@ -179,7 +179,7 @@ def train_on_pseudo_labels(net: DecarNet, load_clip: Callable[[int], np.ndarray]
     try:
         stats = train_one_epoch(model, loader, optimisers, SpecAugment.from_config(cfg), device, cfg.crop_frames,
                                 generator, on_step and (lambda step, loss: on_step(step, len(batches), loss)),
-                                memory_format)
+                                memory_format, cfg.mixed_precision)
     finally:
         revert_sync_batchnorm(net)  # precise BN and the checkpoint see plain BatchNorm2d again
         net.to(memory_format=torch.contiguous_format)
