@@ -81,6 +81,9 @@ def flow_command(name: str, module: str, attr: str, what: str, skip: tuple[str, 
 flow_command("download", "flows.download", "download_audioset", "manifest")
 flow_command("features", "flows.features", "cache_features", "feature store", skip=("config",))
 flow_command("pretrain", "flows.pretrain", "pretrain_decar", "run directory")
+flow_command("pretrain-delores-s", "flows.instance", "pretrain_delores_s", "run directory")
+flow_command("pretrain-delores-m", "flows.instance", "pretrain_delores_m", "run directory")
+flow_command("pretrain-slicer", "flows.instance", "pretrain_slicer", "run directory")
 flow_command("recluster", "flows.recluster", "recluster", "labels")
 flow_command("benchmark", "flows.benchmark", "benchmark_downstream", "results")
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from flows import benchmark_downstream, cache_features, download_audioset, pretrain_decar, recluster
+from flows import benchmark_downstream, cache_features, download_audioset, pretrain_decar, pretrain_slicer, recluster
 from tests.helpers import tone_manifest
 from tests.test_deployment import ROOT
 
@@ -34,11 +34,13 @@ def test_help_lists_every_parameter_with_its_default():
         return "".join(done.output.split())  # wrapping-proof: compare without whitespace
 
     top = help_of()
-    for command in ("download", "features", "pretrain", "recluster", "benchmark", "demo", "ui", "safety-net"):
+    for command in ("download", "features", "pretrain", "recluster", "benchmark", "demo", "ui", "safety-net",
+                    "pretrain-delores-s", "pretrain-delores-m", "pretrain-slicer"):
         assert command in top
     skipped = {"config"}  # cache-features' FeatureConfig: a Python object, set from Python
     for command, flow in (("download", download_audioset), ("features", cache_features), ("pretrain", pretrain_decar),
-                          ("recluster", recluster), ("benchmark", benchmark_downstream)):
+                          ("recluster", recluster), ("benchmark", benchmark_downstream),
+                          ("pretrain-slicer", pretrain_slicer)):
         text = help_of(command)
         for p in inspect.signature(flow.fn).parameters.values():
             if p.name in skipped:
