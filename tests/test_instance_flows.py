@@ -100,12 +100,25 @@ def test_killed_in_training_then_resumed_equals_uninterrupted(method, store, tmp
 
 
 @pytest.mark.timeout(300)
-def test_two_gloo_processes_train_one_epoch(store, tmp_path):
-    run = pretrain_delores_s(store, "ddp", runs_dir=str(tmp_path), processes=2, **{**TINY, "epochs": 1})
-    metrics = json.loads(RunLayout(run).metrics(0).read_text())
-    assert metrics["processes"] == 2
-    payload = torch.load(RunLayout(run).checkpoint(0), weights_only=True)
+def test_two_gloo_processes_train_and_show_in_the_ui(store, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    state = pretrain_delores_s(store, "ddp", runs_dir=str(tmp_path), processes=2, return_state=True, **TINY)
+    run = RunLayout(state.result())
+    for epoch in (0, 1):
+        assert json.loads(run.metrics(epoch).read_text())["processes"] == 2
+    payload = torch.load(run.checkpoint(1), weights_only=True)
     assert payload["extra"]["processes"] == 2 and payload["extra"]["steps"] == 3  # 24 clips / global batch 8
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    keyed = {a.key: a for a in artifacts if a.key}
+    assert sorted(keyed) == ["delores-s-ddp-epochs", "delores-s-ddp-plots"]  # one of each, updated in place
+    rows = json.loads(keyed["delores-s-ddp-epochs"].data)
+    assert [r["epoch"] for r in rows] == [0, 1] and {"loss", "barlow", "spread", "effective_rank"} <= set(rows[0])
+    assert keyed["delores-s-ddp-plots"].data.count("data:image/png;base64,") == 1
+    assert (run.root / "plots" / "loss-health.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.timeout(600)
