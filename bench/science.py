@@ -172,6 +172,8 @@ def represent(net, x_t, pooling: str, batch: int = 128) -> np.ndarray:
     'meanmax' = the map averaged over frequency, then mean + max over time (2 x dims)."""
     import torch
 
+    from model.decar import mean_max_over_time
+
     net.eval()
     out = []
     with torch.no_grad():
@@ -180,8 +182,7 @@ def represent(net, x_t, pooling: str, batch: int = 128) -> np.ndarray:
             if pooling == "max":
                 out.append(torch.amax(fmap, dim=(2, 3)).numpy())
             else:
-                t = fmap.mean(dim=2)
-                out.append(torch.cat([t.mean(dim=2), t.amax(dim=2)], dim=1).numpy())
+                out.append(mean_max_over_time(fmap).numpy())
     return np.concatenate(out)
 
 

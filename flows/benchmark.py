@@ -106,31 +106,35 @@ def validate(checkpoint: str, tasks: list[str], modes: list[str], epochs: int, b
 
 # ---------------------------------------------------------------- stages
 
-def embedding_keys(sha256: str, payload: dict, feature_key: str, seed: int) -> dict[str, str]:
+POOLINGS = {"encoder": "represent", "meanmax": "meanmax"}  # benchmark pooling -> embed_shard's output
+
+
+def embedding_keys(sha256: str, payload: dict, feature_key: str, seed: int, pooling: str = "encoder") -> dict[str, str]:
     """Each model's embedding identity: what it is computed from, never paths or run names."""
-    return {"decar": stable_key(KEY_VERSION, "decar", sha256, feature_key),
+    pooled = () if pooling == "encoder" else (pooling,)  # the default keeps the keys it always had
+    return {"decar": stable_key(KEY_VERSION, "decar", sha256, feature_key, *pooled),
             "random-init": stable_key(KEY_VERSION, "random-init", network_config(payload), payload["norm"], seed,
-                                      feature_key),
+                                      feature_key, *pooled),
             "random-init-bn": stable_key(KEY_VERSION, "random-init-bn", network_config(payload), payload["norm"],
-                                         seed, feature_key),
+                                         seed, feature_key, *pooled),
             "logmel-stats": stable_key(KEY_VERSION, "logmel-stats", feature_key)}
 
 
 def ensure_embeddings(paths: dict[str, Path], keys: dict[str, str], features: str, checkpoint: str, sha256: str,
                       represent_dim: int, seed: int, batch_size: int, device: str,
-                      cluster: OnDemandCluster) -> None:
+                      cluster: OnDemandCluster, pooling: str = "encoder") -> None:
     """Extract whatever frozen embeddings are missing (one sharded stage per model), then record them."""
     reader = FeatureReader(features)
     dims = {"logmel-stats": 2 * reader.logmel.shape[1]}
     for model, path in paths.items():
         shards = len(range(0, len(reader), SHARD_SIZE))
         if not is_complete(path, keys[model]):
-            dim = dims.get(model) or represent_dim
+            dim = dims.get(model) or represent_dim * (2 if pooling == "meanmax" else 1)
             shards = fill_shards(
                 embed_shard.name, path, keys[model], len(reader), SHARD_SIZE,
                 create=lambda p=path, d=dim, k=keys[model]: create_embeddings(p, len(reader), d, SHARD_SIZE, k),
                 job=lambda s, a, b, p=path, m=model: dict(
-                    embeddings=str(p), features=features, model=m, output="represent", checkpoint=checkpoint,
+                    embeddings=str(p), features=features, model=m, output=POOLINGS[pooling], checkpoint=checkpoint,
                     checkpoint_sha256=sha256, seed=seed, shard=s, start=a, stop=b, batch_size=batch_size,
                     device=device),
                 cluster=cluster, what=f"benchmark embeddings ({model})")
@@ -161,7 +165,8 @@ def check_splits(name: str, manifest: str) -> None:
 def benchmark_downstream(checkpoint: str, tasks: list[str], modes: list[str] = ["frozen"], data_dir: str = "data",
                          epochs: int = 50, seed: int = 0, batch_size: int = 64, lr: float = 1e-3,
                          device: str = "auto", dask_address: str | None = None, n_workers: int | None = None,
-                         sources: dict[str, str] | None = None, results_dir: str | None = None) -> str:
+                         sources: dict[str, str] | None = None, results_dir: str | None = None,
+                         pooling: str = "encoder") -> str:
     """Evaluate a checkpoint on downstream tasks beside random init and log-mel statistics
     (DECAR's protocol, METHODS.md); returns the results Parquet.
 
@@ -181,9 +186,14 @@ def benchmark_downstream(checkpoint: str, tasks: list[str], modes: list[str] = [
         n_workers: worker processes of the local Dask cluster.
         sources: per task, a local folder or base URL for its data (recipe source override).
         results_dir: where score Parquets go (default: <run>/benchmarks, or <data_dir>/benchmarks).
+        pooling: the frozen representation: "encoder" (the network's own: DECAR's global max over the
+            last map, as the paper; the instance methods' max + mean over time) or "meanmax" (the last map
+            averaged over frequency, then mean and max over time concatenated: 2 x the dimensions).
     """
     logger = get_run_logger()
     path = validate(checkpoint, tasks, modes, epochs, batch_size, lr, sources)
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
     sha256 = file_sha256(path)
     payload = load_checkpoint(path)
     run_dir, epoch_tag = run_of(path)
@@ -199,7 +209,7 @@ def benchmark_downstream(checkpoint: str, tasks: list[str], modes: list[str] = [
             check_splits(task_name, manifest)
             features = cache_features(manifest, data_dir, dask_address=dask_address, n_workers=n_workers)
             feature_key = FeatureReader(features).attrs["feature_key"]
-            keys = embedding_keys(sha256, payload, feature_key, seed)
+            keys = embedding_keys(sha256, payload, feature_key, seed, pooling)
             paths = {m: Path(data_dir) / "embeddings" / f"{m}-{keys[m]}" / "embeddings.zarr" for m in MODELS}
             for mode in dict.fromkeys(modes):
                 identity = keys if mode == "frozen" else {m: keys[m] for m in NETWORKS}
@@ -207,7 +217,7 @@ def benchmark_downstream(checkpoint: str, tasks: list[str], modes: list[str] = [
                 output = out_dir / name / f"{file_label(task_name, manifest)}-{mode}.parquet"
                 if mode == "frozen" and not is_complete(output, key):
                     ensure_embeddings(paths, keys, features, str(path), sha256,
-                                      representation_dim(payload), seed, batch_size, device, cluster)
+                                      representation_dim(payload), seed, batch_size, device, cluster, pooling)
                 scores = run_stage(evaluate_task, key, task=task_name, mode=mode, manifest=manifest,
                                    features=features, embeddings={m: str(p) for m, p in paths.items()},
                                    checkpoint=str(path), checkpoint_sha256=sha256, config=config, seed=seed,

@@ -50,10 +50,12 @@ def embed(net: DecarNet, batches: Iterable[tuple[np.ndarray, np.ndarray]], mean:
     """Rows in the order given (never shuffle: row i must stay clip i), in eval mode.
 
     `batches` yields (log-mel (B, n_mels, T) float32 zero-padded, lengths (B,)); a row of length 0
-    (a clip without features) gets a zero vector. output: "embed" (z, clustered each epoch) or
-    "represent" (h, the representation kept after pre-training)."""
-    forward = net.embed if output == "embed" else net.represent
-    dim = net.config.embedding_dim if output == "embed" else net.encoder.out_dim
+    (a clip without features) gets a zero vector. output: "embed" (z, clustered each epoch),
+    "represent" (h, the representation kept after pre-training: the encoder's own pooling) or "meanmax"
+    (the encoder's last map averaged over frequency, then mean and max over time, concatenated)."""
+    forward = {"embed": net.embed, "represent": net.represent,
+               "meanmax": lambda x: mean_max_over_time(net.encoder.feature_map(x))}[output]
+    dim = net.config.embedding_dim if output == "embed" else net.encoder.out_dim * (1 + (output == "meanmax"))
     parts = []
     for batch, lengths in batches:
         out = np.zeros((len(lengths), dim), np.float32)
@@ -63,6 +65,14 @@ def embed(net: DecarNet, batches: Iterable[tuple[np.ndarray, np.ndarray]], mean:
             out[valid] = forward(add_channel(x).to(device)).float().cpu().numpy()
         parts.append(out)
     return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+def mean_max_over_time(feature_map: torch.Tensor) -> torch.Tensor:
+    """(B, C, F', T') -> (B, 2C): averaged over frequency, then [mean over time, max over time]. Keeps
+    how much of a clip has a feature beside whether it ever does (bench/science.py: better than the
+    paper's global max for DECAR here)."""
+    per_frame = feature_map.mean(dim=2)
+    return torch.cat([per_frame.mean(dim=2), per_frame.amax(dim=2)], dim=1)
 
 
 def densify_labels(labels: np.ndarray) -> tuple[np.ndarray, int]:

@@ -67,6 +67,25 @@ def test_checkpoint_specs_resolve(run_dir):
         resolve_checkpoint(f"{run_dir}:7")
 
 
+def test_mean_max_pooling_is_its_own_representation(run_dir, tmp_path, dask_address):
+    """pooling="meanmax": every network model's embeddings are [mean, max] over time (2 x dims), cached
+    apart from the default's, and scored beside the same baselines."""
+    import numpy as np
+
+    from storage.embeddings import read_embeddings
+
+    folder = write_generated_task("synth-instrument", tmp_path / "families", scale=0.2)
+    results = benchmark_downstream(str(RunLayout(run_dir).checkpoint(0)), tasks=[f"folder:{folder}"],
+                                   data_dir=str(tmp_path / "data"), epochs=1, batch_size=8, dask_address=dask_address,
+                                   results_dir=str(tmp_path / "meanmax"), pooling="meanmax")
+    rows = pq.read_table(results).to_pylist()
+    assert sorted(r["model"] for r in rows) == ["decar", "logmel-stats", "random-init", "random-init-bn"]
+    stores = {p.parent.name.split("-")[0]: p for p in (tmp_path / "data" / "embeddings").glob("*/embeddings.zarr")}
+    values = read_embeddings(str(stores["decar"]))
+    assert values.shape[1] == 2 * 320  # B0 x0.25: 320 channels, their mean then their max over time
+    assert np.all(values[:, :320] <= values[:, 320:] + 1e-5) and np.any(values[:, :320] < values[:, 320:])
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(tasks=["no-such-task"]), "tasks: unknown task 'no-such-task'; known tasks: .*synth-speaker"),
     (dict(modes=["linear"]), "modes must be"),
