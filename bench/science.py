@@ -91,6 +91,8 @@ def parse_args(argv=None):
     a("--cache", default=None, help="folder caching the generated pool and tasks (log-mel)")
     a("--json", default="science.json", help="where to write all numbers")
     a("--tag", default="", help="a label stored in the JSON")
+    a("--merge", nargs="+", default=None, metavar="JSON", help="no run: one report pooling the seeds of these "
+      "runs' JSON files (same settings), written to --json")
     return p.parse_args(argv)
 
 
@@ -432,6 +434,8 @@ def print_decar_losses(args, runs) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.json)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import faiss
     import torch
@@ -467,8 +471,13 @@ def main(argv=None) -> dict:
 
     run = decar_run if args.method == "decar" else instance_run
     runs = [run(args, seed, pool_t, tasks, log) for seed in args.seeds]
-    wall = time.perf_counter() - t0
 
+    return report(args, names, logmel, runs, time.perf_counter() - t0)
+
+
+def report(args, names: list[str], logmel: dict, runs: list[dict], wall: float) -> dict:
+    """Tables (pooled over the runs' seeds, with bootstrap CIs over test clips) to stdout; every number,
+    per-clip correctness included, to args.json (so runs of other seeds can be merged: --merge)."""
     # ------------------------------------------------------------------ tables
     models = list(runs[0]["evals"])
     table = {}
@@ -499,14 +508,40 @@ def main(argv=None) -> dict:
            "table": {n: {m: dict(zip(("accuracy", "ci_low", "ci_high"), v)) for m, v in t.items()}
                      for n, t in table.items()},
            "logmel": {n: r["accuracy"] for n, r in logmel.items()},
+           "logmel_correct": {n: np.asarray(r["correct"]).astype(int).tolist() for n, r in logmel.items()},
            "runs": [{"seed": r["seed"], "epochs": r["epochs"],
-                     "evals": {m: {t: v["accuracy"] for t, v in e.items()} for m, e in r["evals"].items()}}
+                     "evals": {m: {t: v["accuracy"] for t, v in e.items()} for m, e in r["evals"].items()},
+                     "correct": {m: {t: np.asarray(v["correct"]).astype(int).tolist() for t, v in e.items()}
+                                 for m, e in r["evals"].items()}}
                     for r in runs]}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"numbers written to {args.json}")
     return out
+
+
+def merge(paths: list[str], json_out: str | None) -> dict:
+    """One report over the seeds of several runs of the same configuration (e.g. one process per
+    seed, run side by side), from their JSON files."""
+    loaded = [json.loads(Path(p).read_text()) for p in paths]
+    first = loaded[0]["args"]
+    for other, path in zip(loaded[1:], paths[1:]):
+        differ = sorted(k for k in first if k not in ("seeds", "json", "tag", "threads", "eval_epochs")
+                        and other["args"].get(k) != first[k])
+        if differ:
+            raise SystemExit(f"--merge: {path} was run with other settings: {differ}")
+    runs = [{"seed": r["seed"], "epochs": r["epochs"],
+             "evals": {m: {t: {"accuracy": float(np.mean(c)), "correct": np.asarray(c, np.float64)}
+                           for t, c in e.items()} for m, e in r["correct"].items()}}
+            for data in loaded for r in data["runs"]]
+    common = set.intersection(*(set(r["evals"]) for r in runs))  # evaluated in every run
+    for r in runs:
+        r["evals"] = {m: v for m, v in r["evals"].items() if m in common}
+    logmel = {n: {"accuracy": float(np.mean(c)), "correct": np.asarray(c, np.float64)}
+              for n, c in loaded[0]["logmel_correct"].items()}
+    args = argparse.Namespace(**{**first, "seeds": [r["seed"] for r in runs], "json": json_out})
+    return report(args, list(logmel), logmel, runs, sum(d["wall_seconds"] for d in loaded))
 
 
 if __name__ == "__main__":
