@@ -12,7 +12,8 @@ with 95 % bootstrap confidence intervals over test clips (1000 resamples; across
 resampled clips are shared and accuracies averaged). Prints a markdown table and the per-epoch
 training loss against ln k; writes every number to a JSON file.
 
-    .venv/bin/python bench/science.py                      # default size (make science)
+    make science                                           # default size: 2 seeds side by side, merged
+    .venv/bin/python bench/science.py                      # the same, seeds one after the other
     .venv/bin/python bench/science.py --clips 600 --epochs 4 --seeds 0 --threads 1
 
 Defaults = the best CPU-scale configuration of the search (/work/scratch/science-log.md): 600 clips
@@ -20,7 +21,7 @@ of 2 s, EfficientNet-B0 at width 0.25, 96-frame crops, k 64 on PCA-32 whitened z
 per epoch (37 steps of 64), SGD lr 0.05 (momentum 0.9, wd 1e-5) constant, head initialised from
 the L2-normalised cluster centroids of z (DeepCluster-v2), light SpecAugment (1 x 10 mel bins,
 1 x 20 frames, warp 5), each clip's mean log-mel removed, precise BN on 256 pool clips before
-every extraction and evaluation, 16 epochs, seeds 0 and 1; probes on global max (paper) and on
+every extraction and evaluation, 32 epochs, seeds 0 and 1; probes on global max (paper) and on
 mean + max over time. The paper's settings (fresh head, heavy SpecAugment, PCA 128, no precise BN)
 are all flags: --head fresh --freq-masks 2 --freq-mask-bins 30 --time-masks 2 --time-mask-frames 40
 --pca-dim 128 --no-clip-norm --bn-clips 0.
@@ -46,7 +47,7 @@ def parse_args(argv=None):
     a = p.add_argument
     a("--clips", type=int, default=600, help="pre-training pool size")
     a("--seconds", type=float, default=2.0, help="pool clip length")
-    a("--epochs", type=int, default=16, help="DECAR epochs (training passes)")
+    a("--epochs", type=int, default=32, help="pre-training epochs (training passes)")
     a("--eval-epochs", type=int, nargs="*", default=None, help="default: 0, epochs // 2, epochs")
     a("--seeds", type=int, nargs="+", default=[0, 1], help="pre-training seeds (init, pool order, k-means)")
     a("--width", type=float, default=0.25, help="ModelConfig.width_mult")
