@@ -413,8 +413,11 @@ def instance_run(args, seed: int, pool_t, tasks: dict, log) -> dict:
         result["epochs"].append(stats)
         log(f"  seed {seed} epoch {epoch}: loss {out['loss']:.4f} (" + ", ".join(
             f"{k} {v:.3f}" for k, v in out["terms"].items()) + f")  [{stats['seconds']:.0f} s]")
-        if epoch + 1 in eval_epochs:
+        if epoch + 1 in eval_epochs:  # batch-norm statistics as training left them (the pipeline's), and precise
             run_eval(f"{args.method}-{epoch + 1}", copy.deepcopy(method.encoder))
+            recomputed = copy.deepcopy(method.encoder)
+            precise_bn(InstanceNet(cfg, recomputed), pool_t, bn_index, 128)
+            run_eval(f"{args.method}-{epoch + 1}-preciseBN", recomputed)
     return result
 
 
