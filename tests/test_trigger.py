@@ -90,3 +90,19 @@ def test_completed_pretraining_starts_a_benchmark(tmp_path, subprocess_env, dask
     assert run.state.is_completed(), run.state
     rows = pq.read_table(tmp_path / "runs" / "triggered" / "benchmarks" / "epoch-000.parquet").to_pylist()
     assert {r["model"] for r in rows} >= {"decar", "logmel-stats"} and {r["task"] for r in rows} == {f"folder:{folder}"}
+
+
+def test_every_deployment_points_at_a_flow_of_its_name():
+    """prefect.yaml's entrypoints import, are flows, and every flow has a local deployment."""
+    import importlib
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    local = set()
+    for deployment in config["deployments"]:
+        path, attr = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path[:-3].replace("/", ".")), attr)
+        assert hasattr(flow, "fn") and flow.name, deployment["entrypoint"]
+        if deployment["name"] == "local":
+            local.add(flow.name)
+    assert {"pretrain-decar", "pretrain-delores-s", "pretrain-delores-m", "pretrain-slicer",
+            "benchmark-downstream", "cache-features", "download-audioset", "recluster"} <= local
