@@ -44,3 +44,16 @@ def task_states(flow_run_id) -> dict[str, list[str]]:
         for task_run in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs))):
             out.setdefault(task_run.name.rsplit("-", 1)[0], []).append(task_run.state.name)
     return out
+
+
+def stop_process(process, grace: float = 60.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `grace` seconds (a Prefect worker finishing its
+    shutdown on a loaded machine took over 30 s)."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flows import cache_features
-from tests.helpers import tone_manifest
+from tests.helpers import stop_process, tone_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -47,8 +47,7 @@ def test_pretrain_deployment_runs_on_a_worker(tmp_path, subprocess_env, dask_add
                            "--watch", "--watch-timeout", "300"], env, timeout=360)
         assert re.search(r"Completed", out), out
     finally:
-        worker.terminate()
-        worker.wait(30)
+        stop_process(worker)
     run = tmp_path / "runs" / "deployed"
     assert (run / "epoch-000" / "checkpoint.pt").exists()
     assert json.loads((run / "epoch-000" / "metrics.json").read_text())["clusters"] == 4

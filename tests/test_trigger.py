@@ -16,7 +16,7 @@ from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
 from downstream.generated import write_generated_task
 from flows import cache_features
-from tests.helpers import tone_manifest
+from tests.helpers import stop_process, tone_manifest
 from tests.test_deployment import PREFECT, ROOT, prefect_cli
 
 
@@ -83,8 +83,7 @@ def test_completed_pretraining_starts_a_benchmark(tmp_path, subprocess_env, dask
                 client.delete_resource_owned_automations(f"prefect.deployment.{deployment.id}")
             prefect_cli(["--no-prompt", "deployment", "delete", "benchmark-downstream/after-pretrain"], env,
                         check=False)
-        worker.terminate()
-        worker.wait(30)
+        stop_process(worker)
     (run,) = runs
     assert run.parameters["checkpoint"] == f"{tmp_path / 'runs'}/triggered:latest"
     assert run.state.is_completed(), run.state
