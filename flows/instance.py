@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.artifacts import publish_instance_epoch, training_progress
-from flows.pretrain import open_store, validate
+from flows.pretrain import open_complete_store, validate_run
 from flows.run_config import KEY_VERSION, freeze_run_config
 from model.config import InstanceConfig, InstanceRunConfig
 from storage.atomic import write_json
@@ -39,9 +39,9 @@ def run_instance_pretraining(method: str, features: str, run_name: str, runs_dir
                              loader_workers: int, options: dict | None, force_config: bool) -> str:
     """What the three flows share: validate, freeze run.json, initial state, one cached stage per epoch."""
     logger = get_run_logger()
-    validate(run_name, epochs, 1, "kmeans", device, processes, loader_workers)
+    validate_run(run_name, epochs, device, processes, loader_workers)
     cfg = InstanceConfig(**{"method": method, "batch_size": batch_size, "lr": lr, **(options or {})})
-    reader = open_store(features, 2, "kmeans")
+    reader = open_complete_store(features)
     if len(reader.usable) < cfg.batch_size:
         raise ValueError(f"batch_size ({cfg.batch_size}) is larger than the number of usable clips "
                          f"({len(reader.usable)}) in {features}")

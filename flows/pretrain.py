@@ -114,14 +114,19 @@ def pretrain_decar(features: str, run_name: str, runs_dir: str = "runs", epochs:
 def validate(run_name: str, epochs: int, patience: int, algorithm: str, device: str, processes: int | None,
              loader_workers: int) -> None:
     """Fail before any work, naming the parameter (the configs' own constraints are checked by pydantic)."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run_name or ""):
-        raise ValueError(f"run_name must be letters, digits, '.', '_' or '-', got {run_name!r}")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    validate_run(run_name, epochs, device, processes, loader_workers)
     if patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
     if algorithm not in ("kmeans", "pic"):
         raise ValueError(f"algorithm must be 'kmeans' or 'pic', got {algorithm!r}")
+
+
+def validate_run(run_name: str, epochs: int, device: str, processes: int | None, loader_workers: int) -> None:
+    """The checks every pre-training flow shares (DECAR and the instance methods)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run_name or ""):
+        raise ValueError(f"run_name must be letters, digits, '.', '_' or '-', got {run_name!r}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
     if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+(,\d+)*", device):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or a GPU list such as 'cuda:0,1', got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():  # training starts from this process
@@ -133,15 +138,20 @@ def validate(run_name: str, epochs: int, patience: int, algorithm: str, device: 
 
 def open_store(features: str, clusters: int, algorithm: str) -> FeatureReader:
     """The feature store, if it is complete and has enough clips for k-means' k."""
-    if not Path(features).is_dir() or read_record(features) is None:
-        raise FileNotFoundError(f"features: no complete feature store at {features!r} "
-                                "(run cache-features first; it prints the store's path)")
-    reader = FeatureReader(features)
+    reader = open_complete_store(features)
     usable = len(reader.usable)
     if algorithm == "kmeans" and clusters > usable:
         raise ValueError(f"clusters ({clusters}) is larger than the number of usable clips ({usable}) "
                          f"in {features}")
     return reader
+
+
+def open_complete_store(features: str) -> FeatureReader:
+    """The feature store at `features`, or a clear error if there is none (or it is unfinished)."""
+    if not Path(features).is_dir() or read_record(features) is None:
+        raise FileNotFoundError(f"features: no complete feature store at {features!r} "
+                                "(run cache-features first; it prints the store's path)")
+    return FeatureReader(features)
 
 
 def write_summary(run: RunLayout, history: list[dict], stopped_early: bool) -> dict:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from model.config import InstanceConfig
 from model.data import Clips, pad_batch
 from model.decar import rank_draws
+from model.encoders import make_encoder
 from model.views import MixBank, assign_clusters, clip_vectors, spherical_kmeans, two_views
 
 
@@ -139,16 +140,12 @@ class InstanceNet(nn.Module):
     @classmethod
     def random_init(cls, config: InstanceConfig, seed: int, n_mels: int = 64) -> "InstanceNet":
         """A fresh encoder of the same kind, the same for the same seed, in eval mode."""
-        from model.encoders import make_encoder
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return cls(config, make_encoder(config, n_mels)).eval()
 
     @classmethod
     def from_checkpoint(cls, payload: dict, device: torch.device | str = "cpu") -> "InstanceNet":
-        from model.encoders import make_encoder
-
         config = InstanceConfig(**payload["instance_config"])
         encoder = make_encoder(config, int(payload["feature_config"]["n_mels"]))
         encoder.load_state_dict(payload["encoder"])

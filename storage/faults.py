@@ -14,7 +14,7 @@ Points in the code (grep for maybe_crash):
     shard:<what>       flows/sharded.py: one shard of a sharded stage finished (flow process)
     embed-shard        tasks/embed.py: a Dask worker starts computing an embedding shard
     cluster            tasks/cluster.py: k-means / PIC done, labels not written yet
-    train-step         tasks/train.py: after the first SGD step of an epoch
+    train-step         tasks/launch.py (rank_step_callback): after each SGD step of an epoch
 """
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from model.config import InstanceConfig
 from model.data import pad_batch
@@ -23,10 +22,9 @@ from model.network import add_channel
 from model.runtime import training_devices
 from storage.atomic import write_json
 from storage.checkpoint import load_checkpoint, save_checkpoint
-from storage.faults import maybe_crash
 from storage.features import ClipLoader, FeatureReader
 from tasks.caching import stage
-from tasks.launch import run_processes
+from tasks.launch import ddp_wrapper, rank_step_callback, run_processes
 
 
 def initial_state(cfg: InstanceConfig, features: str, seed: int) -> dict:
@@ -86,13 +84,7 @@ def instance_rank(job: dict, rank: int, world: int, device: torch.device, report
     bank.load_state_dict(payload["bank"])
     kmix = None if payload["kmix"] is None else payload["kmix"].numpy()
 
-    def on_step(step: int, steps: int, loss: float) -> None:
-        maybe_crash("train-step" if world == 1 else f"train-step:rank{rank}")
-        if report and (step % max(1, steps // 20) == 0 or step == steps):
-            report({"fraction": step / steps, "loss": loss})
-
-    wrap = (lambda m: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)) \
-        if world > 1 else None
+    on_step, wrap = rank_step_callback(rank, world, report), ddp_wrapper(device, world)
     load_clip = ClipLoader(job["features"])
     stats = train_instance_epoch(method, optimiser, bank, load_clip, len(load_clip), cfg, job["seed"], job["epoch"],
                                  device, kmix, on_step, rank, world, wrap, job["loader_workers"])

@@ -18,8 +18,28 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 
 from storage.atomic import read_json, write_json
+from storage.faults import maybe_crash
+
+
+def rank_step_callback(rank: int, world: int, report: Callable[[dict], None] | None):
+    """on_step(step, steps, loss) for a training rank: the fault-injection point, and a progress
+    report about every 5 % of the epoch (rank 0 only gets `report`)."""
+    def on_step(step: int, steps: int, loss: float) -> None:
+        maybe_crash("train-step" if world == 1 else f"train-step:rank{rank}")
+        if report and (step % max(1, steps // 20) == 0 or step == steps):
+            report({"fraction": step / steps, "loss": loss})
+
+    return on_step
+
+
+def ddp_wrapper(device: torch.device, world: int) -> Callable[[torch.nn.Module], torch.nn.Module] | None:
+    """DistributedDataParallel around a rank's module when there is more than one rank, else None."""
+    if world == 1:
+        return None
+    return lambda m: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from model.config import ModelConfig, TrainConfig
 from model.decar import batchnorm_sample, precise_batchnorm, train_on_pseudo_labels
@@ -15,11 +14,10 @@ from model.runtime import training_devices
 from storage.atomic import write_json
 from storage.checkpoint import load_checkpoint, save_checkpoint
 from storage.embeddings import read_embeddings
-from storage.faults import maybe_crash
 from storage.features import ClipLoader, FeatureReader
 from storage.labels import read_labels
 from tasks.caching import stage
-from tasks.launch import run_processes
+from tasks.launch import ddp_wrapper, rank_step_callback, run_processes
 
 
 @stage(name="initialize-model", output="checkpoint")
@@ -70,13 +68,7 @@ def train_rank(job: dict, rank: int, world: int, device: torch.device, report=No
     net = DecarNet.from_checkpoint(payload, device)
     _, label_values, rows = read_labels(job["labels"])
 
-    def on_step(step: int, steps: int, loss: float) -> None:
-        maybe_crash("train-step" if world == 1 else f"train-step:rank{rank}")
-        if report and (step % max(1, steps // 20) == 0 or step == steps):
-            report({"fraction": step / steps, "loss": loss})
-
-    wrap = (lambda m: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)) \
-        if world > 1 else None
+    on_step, wrap = rank_step_callback(rank, world, report), ddp_wrapper(device, world)
     z = read_embeddings(job["embeddings"], rows) if cfg.head_init == "centroids" else None
     stats = train_on_pseudo_labels(net, ClipLoader(job["features"], rows), label_values, cfg, job["seed"],
                                    job["epoch"], device, on_step, rank, world, wrap, job["loader_workers"], z)
