@@ -37,7 +37,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", default="train,loader,ddp,extract", help="comma-separated subset")
     p.add_argument("--clips", type=int, default=256, help="clips in the training store (10 s each)")
-    p.add_argument("--draws", type=int, default=96, help="training draws per measurement")
+    p.add_argument("--draws", type=int, default=320, help="training draws per measurement")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--clusters", type=int, default=16)
     p.add_argument("--full", action="store_true", help="EfficientNet-B0 (default: width_mult 0.25)")
@@ -153,13 +153,20 @@ def part_train(args, store: str) -> None:
     labels = labels_for(args.clips, args.clusters)
     steps = args.draws // args.batch_size
     print(f"\n1. training stage vs bare step: {'EfficientNet-B0' if args.full else 'B0 x0.25'}, batch "
-          f"{args.batch_size}, {steps} steps of 10 s clips, {torch.get_num_threads()} torch threads "
-          f"(store read from Zarr, preload off)")
-    bare = bare_step(width, cfg, args.clusters, steps - 1, 1001)
-    print(f"   bare forward/backward/step: {bare:.1f} clips/s")
+          f"{args.batch_size}, {steps} steps of 10 s clips, {torch.get_num_threads()} torch threads")
+    # The bare step is timed before and after the stages: on a shared machine the load drifts within
+    # minutes, and the mean of the two brackets the stages' conditions (both printed).
+    bare_before = bare_step(width, cfg, args.clusters, steps - 1, 1001)
+    rows = []
     for w in [int(x) for x in args.workers.split(",")]:
-        r = stage_step(store, width, cfg, labels, w, preload=False)
-        print(f"   {w} loader workers: stage {r['steady']:.1f} clips/s after step 1 (ratio {r['steady'] / bare:.2f}), "
+        rows.append((f"{w} loader workers, Zarr reads", stage_step(store, width, cfg, labels, w, preload=False)))
+    rows.append(("0 loader workers, store in RAM (the default when it fits)",
+                 stage_step(store, width, cfg, labels, 0, preload=True)))
+    bare_after = bare_step(width, cfg, args.clusters, steps - 1, 1001)
+    bare = (bare_before + bare_after) / 2
+    print(f"   bare forward/backward/step: {bare_before:.1f} clips/s before the stages, {bare_after:.1f} after")
+    for name, r in rows:
+        print(f"   {name}: stage {r['steady']:.1f} clips/s after step 1 (ratio {r['steady'] / bare:.2f}), "
               f"{r['whole']:.1f} clips/s whole call incl. worker start (ratio {r['whole'] / bare:.2f})")
 
 
