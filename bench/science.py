@@ -221,6 +221,26 @@ def bootstrap(correct: list[np.ndarray], resamples: int, seed: int = 0) -> tuple
     return float(c.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def paired_difference(correct: list[np.ndarray], reference: list[np.ndarray], resamples: int,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Accuracy of `correct` minus that of `reference` (both pooled over runs) and its 95 % CI, the
+    same test clips resampled for both: paired, so far tighter than two overlapping intervals."""
+    d = np.mean(np.stack(correct), axis=0) - np.mean(np.stack(reference), axis=0)
+    idx = np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))
+    means = d[idx].mean(axis=1)
+    return float(d.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def random_reference(model: str, models: list[str]) -> str | None:
+    """The random init a trained model is compared with: the same pooling and, where both exist, the
+    same batch-norm protocol (recomputed statistics vs those the network carries)."""
+    label, _, pooling = model.partition("|")
+    if label.startswith("random-"):
+        return None
+    precise = f"random-preciseBN|{pooling}"
+    return precise if label.endswith("-preciseBN") and precise in models else f"random-defaultBN|{pooling}"
+
+
 def evaluate(features, tasks: dict, probe_epochs: int, key: str = "splits") -> dict:
     """features(log-mel split array) -> (N, d); returns task -> {accuracy, correct}.
     key: "splits" (the network's input: normalised tensors) or "raw" (log-mel as computed)."""
@@ -499,6 +519,21 @@ def report(args, names: list[str], logmel: dict, runs: list[dict], wall: float) 
     for name in names:
         print(f"| {name} | " + " | ".join("{:.3f} [{:.3f}, {:.3f}]".format(*table[name][c]) for c in cols) + " |")
     print("| mean | " + " | ".join(f"{np.mean([table[n][c][0] for n in names]):.3f}" for c in cols) + " |")
+    differences = {}
+    for m in models:
+        ref = random_reference(m, models)
+        if ref is not None:
+            differences[m] = {"reference": ref, **{n: paired_difference(
+                [r["evals"][m][n]["correct"] for r in runs], [r["evals"][ref][n]["correct"] for r in runs],
+                args.resamples) for n in names}}
+    print("\n### Trained minus its random init (same pooling, same batch-norm protocol): accuracy difference "
+          "[95 % paired bootstrap CI over test clips]; ahead = tasks with a positive difference\n")
+    print("| model | reference | " + " | ".join(names) + " | ahead (CI above 0) |")
+    print("|---" * (len(names) + 3) + "|")
+    for m, d in differences.items():
+        ahead, clear = sum(d[n][0] > 0 for n in names), sum(d[n][1] > 0 for n in names)
+        print(f"| {m} | {d['reference']} | " + " | ".join("{:+.3f} [{:+.3f}, {:+.3f}]".format(*d[n]) for n in names)
+              + f" | {ahead} of {len(names)} ({clear}) |")
     if args.method != "decar":
         print("\n### Training loss per epoch (mean over seeds)\n")
         print("| epoch | loss |\n|---|---|")
@@ -511,6 +546,8 @@ def report(args, names: list[str], logmel: dict, runs: list[dict], wall: float) 
     out = {"args": vars(args), "wall_seconds": wall,
            "table": {n: {m: dict(zip(("accuracy", "ci_low", "ci_high"), v)) for m, v in t.items()}
                      for n, t in table.items()},
+           "vs_random": {m: {"reference": d["reference"], **{n: dict(zip(("difference", "ci_low", "ci_high"), d[n]))
+                                                           for n in names}} for m, d in differences.items()},
            "logmel": {n: r["accuracy"] for n, r in logmel.items()},
            "logmel_correct": {n: np.asarray(r["correct"]).astype(int).tolist() for n, r in logmel.items()},
            "runs": [{"seed": r["seed"], "epochs": r["epochs"],
