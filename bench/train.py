@@ -145,6 +145,48 @@ def stage_step(store: str, width: float, cfg, labels, workers: int, preload: boo
             "steady": (steps - 1) * cfg.batch_size / (marks[steps] - marks[1]), "loss": out["loss"], "steps": steps}
 
 
+def time_split(store: str, clips: int, width: float, cfg, clusters: int, steps: int, preload: bool) -> dict:
+    """Milliseconds per batch spent in the loader (0 workers), in SpecAugment and in the step, timed
+    around each piece of the stage's loop: the ratio's complement, robust to load drifting."""
+    import numpy as np
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from model.augment import SpecAugment
+    from model.data import Clips, pad_batch
+    from model.decar import make_optimisers
+    from model.network import add_channel
+    from storage.features import ClipLoader
+
+    net = network(width).train()
+    net.reset_head(clusters)
+    optimisers, augment, loss_fn = make_optimisers(net, cfg), SpecAugment.from_config(cfg), nn.CrossEntropyLoss()
+    order = np.random.default_rng(0).permutation(clips)
+    batches = [order[a:a + cfg.batch_size].tolist() for a in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
+    dataset = Clips(ClipLoader(store, preload=preload), np.zeros(clips, int))
+    loader = iter(DataLoader(dataset, batch_sampler=batches[:steps + 1], collate_fn=pad_batch))
+    spent = {"loader": 0.0, "augment": 0.0, "step": 0.0}
+    for step in range(steps + 1):
+        t0 = time.perf_counter()
+        x, lengths, y = next(loader)
+        t1 = time.perf_counter()
+        x = augment(x, lengths)
+        t2 = time.perf_counter()
+        loss = loss_fn(net(add_channel(x)), torch.randint(0, clusters, (len(y),)))
+        for o in optimisers:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in optimisers:
+            o.step()
+        loss.item()
+        if step:  # the first batch warms caches and allocators
+            spent["loader"] += t1 - t0
+            spent["augment"] += t2 - t1
+            spent["step"] += time.perf_counter() - t2
+    return {k: 1000 * v / steps for k, v in spent.items()}
+
+
 def part_train(args, store: str) -> None:
     import torch
 
@@ -168,6 +210,12 @@ def part_train(args, store: str) -> None:
     for name, r in rows:
         print(f"   {name}: stage {r['steady']:.1f} clips/s after step 1 (ratio {r['steady'] / bare:.2f}), "
               f"{r['whole']:.1f} clips/s whole call incl. worker start (ratio {r['whole'] / bare:.2f})")
+    for preload in (False, True):
+        ms = time_split(store, args.clips, width, cfg, args.clusters, steps - 1, preload)
+        share = (ms["loader"] + ms["augment"]) / sum(ms.values())
+        print(f"   where a 0-worker batch's time goes ({'store in RAM' if preload else 'Zarr reads'}): loader "
+              f"{ms['loader']:.0f} ms, SpecAugment {ms['augment']:.0f} ms, forward/backward/step {ms['step']:.0f} ms: "
+              f"input work {share:.1%} of the batch (ratio bound {1 - share:.2f})")
 
 
 def loader_rate(store: str, args, workers: int, preload: bool | None) -> float:
