@@ -215,20 +215,21 @@ def probe(train, valid, test, classes: int, epochs: int) -> tuple[float, np.ndar
 
 def bootstrap(correct: list[np.ndarray], resamples: int, seed: int = 0) -> tuple[float, float, float]:
     """Mean accuracy over runs and its 95 % CI, resampling test clips (shared across runs)."""
-    c = np.mean(np.stack(correct), axis=0)
-    idx = np.random.default_rng(seed).integers(0, len(c), (resamples, len(c)))
-    means = c[idx].mean(axis=1)
-    return float(c.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+    return mean_ci(np.mean(np.stack(correct), axis=0), resamples, seed)
+
+
+def mean_ci(values: np.ndarray, resamples: int, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of per-test-clip values and its 95 % bootstrap CI (clips resampled with replacement)."""
+    idx = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
+    means = values[idx].mean(axis=1)
+    return float(values.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def paired_difference(correct: list[np.ndarray], reference: list[np.ndarray], resamples: int,
                       seed: int = 0) -> tuple[float, float, float]:
     """Accuracy of `correct` minus that of `reference` (both pooled over runs) and its 95 % CI, the
     same test clips resampled for both: paired, so far tighter than two overlapping intervals."""
-    d = np.mean(np.stack(correct), axis=0) - np.mean(np.stack(reference), axis=0)
-    idx = np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))
-    means = d[idx].mean(axis=1)
-    return float(d.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+    return mean_ci(np.mean(np.stack(correct), axis=0) - np.mean(np.stack(reference), axis=0), resamples, seed)
 
 
 def random_reference(model: str, models: list[str]) -> str | None:

@@ -93,13 +93,25 @@ def labels_for(clips: int, clusters: int):
     return np.random.default_rng(1).integers(0, clusters, clips)
 
 
+def train_step(net, optimisers, loss_fn, x, y) -> float:
+    """One forward/backward/step of the DECAR network on a batch already in memory (both optimisers)."""
+    from model.network import add_channel
+
+    loss = loss_fn(net(add_channel(x)), y)
+    for o in optimisers:
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    for o in optimisers:
+        o.step()
+    return loss.item()
+
+
 def bare_step(width: float, cfg, clusters: int, steps: int, frames: int) -> float:
     """Clips/s of forward/backward/step on tensors already on the device (same optimisers, same shapes)."""
     import torch
     from torch import nn
 
     from model.decar import make_optimisers
-    from model.network import add_channel
 
     net = network(width).train()
     net.reset_head(clusters)
@@ -109,12 +121,7 @@ def bare_step(width: float, cfg, clusters: int, steps: int, frames: int) -> floa
     loss_fn = nn.CrossEntropyLoss()
 
     def step():
-        loss = loss_fn(net(add_channel(x)), y)
-        for o in optimisers:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in optimisers:
-            o.step()
+        train_step(net, optimisers, loss_fn, x, y)
 
     step()  # warm-up, as the stage's first step is excluded below
     started = time.perf_counter()
@@ -156,7 +163,6 @@ def time_split(store: str, clips: int, width: float, cfg, clusters: int, steps: 
     from model.augment import SpecAugment
     from model.data import Clips, pad_batch
     from model.decar import make_optimisers
-    from model.network import add_channel
     from storage.features import ClipLoader
 
     net = network(width).train()
@@ -173,13 +179,7 @@ def time_split(store: str, clips: int, width: float, cfg, clusters: int, steps: 
         t1 = time.perf_counter()
         x = augment(x, lengths)
         t2 = time.perf_counter()
-        loss = loss_fn(net(add_channel(x)), torch.randint(0, clusters, (len(y),)))
-        for o in optimisers:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in optimisers:
-            o.step()
-        loss.item()
+        train_step(net, optimisers, loss_fn, x, torch.randint(0, clusters, (len(y),)))
         if step:  # the first batch warms caches and allocators
             spent["loader"] += t1 - t0
             spent["augment"] += t2 - t1
