@@ -147,6 +147,11 @@ class InstanceConfig(_Config):
     barlow_lambda: float = Field(0.0051, ge=0, description="weight of the off-diagonal terms")
     block_weight: float = Field(1.0, ge=0, description="DeLoRes-M: weight of each block's Barlow Twins term "
                                 "(METHODS.md: a plain sum; the authors' code scales them down, e.g. 1/32)")
+    instance_head: Literal["linear", "mlp"] = Field(
+        "linear", description="DeLoRes-M: the instance head; linear: Linear d->128 (the reference code); mlp: "
+        "MoCo v2's Linear d->d-ReLU-Linear d->128, which keeps the instance task's invariances in the head")
+    symmetric: bool = Field(False, description="DeLoRes-M: also the reverse direction (student on view 2, teacher "
+                            "on view 1) for the instance and block terms, as SLICER does")
     ema: float = Field(0.999, ge=0, lt=1, description="momentum teacher: teacher = ema * teacher + (1 - ema) * student")
     queue_size: int = Field(4096, ge=1, description="negatives kept for the instance loss (MoCo)")
     instance_dim: int = Field(128, gt=0)

@@ -9,8 +9,11 @@ Choices (the authors' code, Sreyan88/LAPE, does the same; METHODS.md is silent):
   the student's and the teacher's block feature. The teacher's encoder runs without gradient,
   but the projector is trained from both sides; a teacher copy of the projector would leave
   the projector half-trained and add nothing the EMA encoder does not already give.
-- Not symmetric: student on view 1, teacher on view 2, as in the reference code; the teacher's
-  keys of view 2 are what after_step enqueues.
+- Not symmetric by default: student on view 1, teacher on view 2, as in the reference code; the
+  teacher's keys of view 2 are what after_step enqueues. `symmetric` adds the reverse direction
+  (the two losses summed, both directions' keys enqueued), as SLICER does.
+- The instance head is the reference code's Linear by default; `instance_head="mlp"` is MoCo v2's
+  two-layer head.
 """
 from __future__ import annotations
 
@@ -43,8 +46,15 @@ def block_dims(encoder: nn.Module, n_mels: int, frames: int) -> list[int]:
     return [time_averaged(m).shape[1] for m in maps]
 
 
+def instance_head(in_dim: int, cfg: InstanceConfig) -> nn.Module:
+    """linear: Linear in_dim -> instance_dim; mlp (MoCo v2): Linear in_dim -> in_dim, ReLU, Linear -> instance_dim."""
+    if cfg.instance_head == "linear":
+        return nn.Linear(in_dim, cfg.instance_dim)
+    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(), nn.Linear(in_dim, cfg.instance_dim))
+
+
 class DeLoResM(nn.Module):
-    """Student `encoder` + `head` (Linear out_dim -> instance_dim); frozen EMA copies
+    """Student `encoder` + `head` (instance_head: out_dim -> instance_dim); frozen EMA copies
     `teacher_encoder`, `teacher_head`; `queue` of teacher keys; `projectors[i]` for block i.
 
     `encoder` (the student's) is what is kept after pre-training."""
@@ -53,7 +63,7 @@ class DeLoResM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = make_encoder(cfg, n_mels)
-        self.head = nn.Linear(self.encoder.out_dim, cfg.instance_dim)
+        self.head = instance_head(self.encoder.out_dim, cfg)
         self.projectors = nn.ModuleList(projector(d, cfg.projector_dim)
                                         for d in block_dims(self.encoder, n_mels, cfg.crop_frames))
         self.teacher_encoder = frozen_copy(self.encoder)
@@ -62,9 +72,22 @@ class DeLoResM(nn.Module):
         self._pending: torch.Tensor | None = None  # this step's teacher keys, enqueued by after_step
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        student_maps, student_embedding = self.encoder.blocks(view1)
+        directions = [(view1, view2), (view2, view1)] if self.cfg.symmetric else [(view1, view2)]
+        loss, stats, keys = 0.0, {}, []
+        for student_view, teacher_view in directions:
+            direction_loss, direction_stats, direction_keys = self._direction(student_view, teacher_view)
+            loss = loss + direction_loss
+            stats = {k: stats.get(k, 0.0) + v for k, v in direction_stats.items()}
+            keys.append(direction_keys)
+        self._pending = torch.cat(keys).detach().float()
+        return loss, stats
+
+    def _direction(self, student_view: torch.Tensor, teacher_view: torch.Tensor
+                   ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """The loss of the student on one view against the teacher on the other, and the teacher's keys."""
+        student_maps, student_embedding = self.encoder.blocks(student_view)
         with torch.no_grad():
-            teacher_maps, teacher_embedding = self.teacher_encoder.blocks(view2)
+            teacher_maps, teacher_embedding = self.teacher_encoder.blocks(teacher_view)
             keys = self.teacher_head(teacher_embedding)
         instance = info_nce(self.head(student_embedding), keys, self.queue.keys, self.cfg.temperature)
         stats = {"instance": instance.item()}
@@ -73,8 +96,7 @@ class DeLoResM(nn.Module):
             term = barlow_twins_loss(proj(time_averaged(s)), proj(time_averaged(t)), self.cfg.barlow_lambda)
             stats[f"block{i}"] = term.item()
             loss = loss + self.cfg.block_weight * term
-        self._pending = keys.detach().float()
-        return loss, stats
+        return loss, stats, keys
 
     @torch.no_grad()
     def after_step(self, gather: Callable[[torch.Tensor], torch.Tensor]) -> None:

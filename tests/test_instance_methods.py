@@ -290,3 +290,31 @@ def test_delores_m_block_projectors_follow_the_encoder():
     v1, v2 = views()
     loss, stats = model(v1, v2)
     assert torch.isfinite(loss) and set(stats) == {"instance"} | {f"block{i}" for i in range(len(model.projectors))}
+
+
+def test_delores_m_symmetric_sums_both_directions_and_enqueues_both_keys():
+    """symmetric = loss(student on view 1, teacher on view 2) + loss(view 2 -> view 1), and both
+    directions' teacher keys go to the queue; instance_head="mlp" is MoCo v2's two-layer head. Eval
+    mode (no dropout draw, batch norm on running statistics) makes each direction deterministic."""
+    both = built("delores-m", symmetric=True, instance_head="mlp")
+    train_step(both, *views(2))  # the teacher now differs from the student: the directions differ too
+    one = built("delores-m", instance_head="mlp")
+    one.load_state_dict(both.state_dict())
+    both.eval(), one.eval()
+    assert [type(m) for m in both.head] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert both.head[-1].out_features == both.cfg.instance_dim
+    v1, v2 = views()
+    with torch.no_grad():
+        loss, stats = both(v1, v2)
+        forward_loss, forward_stats = one(v1, v2)
+        forward_keys = one._pending
+        backward_loss, backward_stats = one(v2, v1)
+        backward_keys = one._pending
+    assert torch.allclose(loss, forward_loss + backward_loss)
+    assert not torch.allclose(forward_loss, backward_loss)
+    assert stats.keys() == forward_stats.keys()
+    assert all(math.isclose(stats[k], forward_stats[k] + backward_stats[k], rel_tol=1e-5) for k in stats)
+    assert torch.equal(both._pending, torch.cat([forward_keys, backward_keys]))
+    ptr = int(both.queue.ptr)
+    both.after_step(identity)
+    assert int(both.queue.ptr) == (ptr + 2 * BATCH) % both.cfg.queue_size
