@@ -300,7 +300,8 @@ def test_delores_m_symmetric_sums_both_directions_and_enqueues_both_keys():
     train_step(both, *views(2))  # the teacher now differs from the student: the directions differ too
     one = built("delores-m", instance_head="mlp")
     one.load_state_dict(both.state_dict())
-    both.eval(), one.eval()
+    both.eval()
+    one.eval()
     assert [type(m) for m in both.head] == [nn.Linear, nn.ReLU, nn.Linear]
     assert both.head[-1].out_features == both.cfg.instance_dim
     v1, v2 = views()
