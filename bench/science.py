@@ -393,7 +393,7 @@ def instance_run(args, seed: int, pool_t, tasks: dict, log) -> dict:
 
     cfg = InstanceConfig(**{"method": args.method, "batch_size": args.batch, "lr": args.lr,
                             "samples_per_epoch": int(round(args.draws * len(pool_t))),
-                            **json.loads(args.instance_options)})
+                            **json.loads(args.instance_options)}).planned_for(args.epochs)
     eval_epochs = sorted(set(args.eval_epochs if args.eval_epochs is not None
                              else [0, args.epochs // 2, args.epochs]))
     n_mels, device = pool_t.shape[1], torch.device("cpu")

@@ -171,7 +171,8 @@ def _round(value: float | None, digits: int = 4):
 
 def publish_instance_epoch(run_root: Path, method: str, run_name: str, history: list[dict]) -> None:
     """The per-epoch table and curves of an instance-method run, updated in place each epoch."""
-    rows = [{"epoch": m["epoch"], "loss": round(m["loss"], 4), **{k: round(v, 4) for k, v in m["terms"].items()},
+    rows = [{"epoch": m["epoch"], "loss": round(m["loss"], 4), "lr": float(f"{m['lr']:.3g}"),
+             **{k: round(v, 4) for k, v in m["terms"].items()},
              "spread": float(f"{m['health']['relative_spread']:.3g}"),
              "effective_rank": round(m["health"]["effective_rank"], 1),
              "distinct_rows": m["health"]["distinct_rows"], "train_s": seconds(m["seconds"]["train"])}

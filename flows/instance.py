@@ -41,6 +41,7 @@ def run_instance_pretraining(method: str, features: str, run_name: str, runs_dir
     logger = get_run_logger()
     validate_run(run_name, epochs, device, processes, loader_workers)
     cfg = InstanceConfig(**{"method": method, "batch_size": batch_size, "lr": lr, **(options or {})})
+    cfg = cfg.planned_for(epochs)  # a cosine schedule without an end decays over this run's epochs
     reader = open_complete_store(features)
     if len(reader.usable) < cfg.batch_size:
         raise ValueError(f"batch_size ({cfg.batch_size}) is larger than the number of usable clips "
@@ -60,7 +61,8 @@ def run_instance_pretraining(method: str, features: str, run_name: str, runs_dir
                                 checkpoint=str(run.checkpoint(epoch)), config=cfg.model_dump(mode="json"),
                                 epoch=epoch, seed=seed, device=device, processes=processes,
                                 loader_workers=loader_workers, progress=training_progress(epoch))
-            metrics = {"epoch": epoch, "method": method, "loss": trained["loss"], "terms": trained["terms"],
+            metrics = {"epoch": epoch, "method": method, "loss": trained["loss"], "lr": trained["lr"],
+                       "terms": trained["terms"],
                        "health": trained["health"], "checkpoint": trained["checkpoint"],
                        "seconds": {"train": trained["seconds"]}, "processes": trained["processes"]}
             write_json(run.metrics(epoch), metrics)
@@ -98,7 +100,9 @@ def pretrain_delores_s(features: str, run_name: str, runs_dir: str = "runs", epo
         loader_workers: DataLoader worker processes per training process.
         projector_dim: width of the 3-layer projector.
         barlow_lambda: weight of the off-diagonal cross-correlation terms.
-        options: further InstanceConfig settings (model/config.py), e.g. {"encoder": "efficientnet"}.
+        options: further InstanceConfig settings (model/config.py), e.g. {"encoder": "efficientnet"}, or
+            the paper-era optimiser {"optimiser": "lars", "schedule": "cosine", "warmup_epochs": 10}
+            with lr 0.2 x batch_size / 256 (Barlow Twins).
         force_config: continue an existing run with a changed config.
     """
     return run_instance_pretraining("delores-s", features, run_name, runs_dir, epochs, batch_size, lr, seed, device,

@@ -2,8 +2,9 @@
 
 One epoch: a seeded order of the clips (split over ranks without overlap) -> per batch two views
 (random crops, mixup or k-mix with a bank of past inputs, random resized crop: model/views.py)
--> the method's loss (model/delores_s.py, model/delores_m.py, model/slicer.py) -> one AdamW step
--> the method's after-step (momentum teachers, queues) -> the batch's crops into the bank.
+-> the method's loss (model/delores_s.py, model/delores_m.py, model/slicer.py) -> one AdamW or LARS
+step at the scheduled rate (model/optimisers.py) -> the method's after-step (momentum teachers,
+queues) -> the batch's crops into the bank.
 
 Everything an epoch changes (the method's weights, teachers and queues, the optimiser's moments,
 the bank) is state the caller saves, so epoch t rerun from epoch t-1's state gives the same
@@ -23,6 +24,7 @@ from model.config import InstanceConfig
 from model.data import Clips, pad_batch
 from model.decar import rank_draws
 from model.encoders import make_encoder
+from model.optimisers import BIAS_LR_SCALE, LARS, is_weight, lr_factor
 from model.views import MixBank, assign_clusters, clip_vectors, spherical_kmeans, two_views
 
 
@@ -39,10 +41,29 @@ def epoch_order(seed: int, epoch: int, clips: int, draws: int | None = None) -> 
     return np.concatenate(passes)[:draws]
 
 
-def make_optimiser(method: nn.Module, cfg: InstanceConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters (teachers are updated by EMA, not by the optimiser)."""
-    return torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=cfg.lr,
-                             weight_decay=cfg.weight_decay)
+def make_optimiser(method: nn.Module, cfg: InstanceConfig) -> torch.optim.Optimizer:
+    """AdamW or LARS over the trainable parameters (teachers are updated by EMA, not by the
+    optimiser). Each group's `lr_scale` times the scheduled rate is its rate (set_learning_rate)."""
+    trainable = [p for p in method.parameters() if p.requires_grad]
+    if cfg.optimiser == "adamw":
+        return torch.optim.AdamW([{"params": trainable, "lr_scale": 1.0}], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weights = [p for p in trainable if is_weight(p)]
+    others = [p for p in trainable if not is_weight(p)]
+    return LARS([{"params": weights, "lr_scale": 1.0},
+                 {"params": others, "lr_scale": BIAS_LR_SCALE, "weight_decay": 0.0}],
+                lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def set_learning_rate(optimiser: torch.optim.Optimizer, cfg: InstanceConfig, step: int, steps_per_epoch: int) -> float:
+    """Set every group's rate for global step `step` of the run; returns the base rate's value."""
+    rate = cfg.lr
+    if cfg.schedule == "cosine":
+        if cfg.schedule_epochs is None:
+            raise ValueError("schedule='cosine' needs schedule_epochs (InstanceConfig.planned_for(epochs))")
+        rate *= lr_factor(step, cfg.schedule_epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch))
+    for group in optimiser.param_groups:
+        group["lr"] = rate * group.get("lr_scale", 1.0)  # checkpoints from before lr_scale: one group at 1
+    return rate
 
 
 def new_bank(cfg: InstanceConfig, n_mels: int, device: torch.device | str = "cpu") -> MixBank:
@@ -109,6 +130,7 @@ def train_instance_epoch(method: nn.Module, optimiser: torch.optim.Optimizer, ba
             loss, stats = model(view1, view2)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        rate = set_learning_rate(optimiser, cfg, epoch * len(batches) + steps - 1, len(batches))
         optimiser.step()
         method.after_step(gather)
         bank.push(gather(crops), None if clusters is None else gather(clusters))
@@ -120,7 +142,7 @@ def train_instance_epoch(method: nn.Module, optimiser: torch.optim.Optimizer, ba
     mean_loss = total / steps
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"training loss is {mean_loss}; lower the learning rate")
-    out = {"loss": mean_loss, "steps": steps, "clips": steps * cfg.batch_size,
+    out = {"loss": mean_loss, "steps": steps, "clips": steps * cfg.batch_size, "lr": rate,
            "terms": {k: v / steps for k, v in terms.items()}}
     if world > 1:  # the epoch's mean loss over all ranks
         figure = torch.tensor([mean_loss], dtype=torch.float64)

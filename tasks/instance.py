@@ -95,10 +95,11 @@ def instance_rank(job: dict, rank: int, world: int, device: torch.device, report
             **{k: payload[k] for k in ("method", "instance_config", "feature_config", "norm", "kmix")},
             "epoch": job["epoch"], "state": method.state_dict(), "encoder": method.encoder.state_dict(),
             "optimiser": _cpu(optimiser.state_dict()), "bank": _cpu(bank.state_dict()),
-            "extra": {"loss": stats["loss"], "steps": stats["steps"], "terms": stats["terms"], "processes": world,
+            "extra": {"loss": stats["loss"], "steps": stats["steps"], "lr": stats["lr"], "terms": stats["terms"],
+                      "processes": world,
                       "health": health}}, job["key"])
         stats["health"] = health
-    return {k: stats.get(k) for k in ("loss", "steps", "clips", "terms", "health")} | {"processes": world}
+    return {k: stats.get(k) for k in ("loss", "steps", "clips", "lr", "terms", "health")} | {"processes": world}
 
 
 HEALTH_CLIPS = 256  # the run's fixed sample whose embeddings the health block describes
