@@ -140,6 +140,23 @@ def test_checkpoint_is_benchmarked_beside_its_random_encoder(method, store, tmp_
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
 
 
+def test_cosine_schedule_spans_the_run_and_is_part_of_its_identity(store, tmp_path):
+    """options schedule="cosine" without schedule_epochs decays over the flow's `epochs`; each epoch's
+    metrics carry its last step's rate; asking the same run for more epochs is another schedule."""
+    from flows import pretrain_delores_m
+    from flows.run_config import ConfigMismatch
+    from model.optimisers import lr_factor
+
+    options = {**TINY["options"], "optimiser": "lars", "schedule": "cosine", "warmup_epochs": 1}
+    params = {**TINY, "lr": 0.05, "options": options, "runs_dir": str(tmp_path)}
+    run = RunLayout(pretrain_delores_m(store, "cos", **params))
+    assert json.loads(run.config.read_text())["method"]["schedule_epochs"] == 2
+    rates = [json.loads(run.metrics(t).read_text())["lr"] for t in (0, 1)]
+    assert rates == pytest.approx([0.05, 0.05 * lr_factor(5, 6, 3)])  # 3 steps an epoch, 1 warm-up epoch
+    with pytest.raises(ConfigMismatch, match="schedule_epochs: run has 2, asked 4"):
+        pretrain_delores_m(store, "cos", **{**params, "epochs": 4})
+
+
 def test_bad_parameters_fail_before_any_work(store, tmp_path):
     with pytest.raises(ValueError, match="encoder"):
         pretrain_delores_s(store, "bad", runs_dir=str(tmp_path), options={"encoder": "resnet"})
